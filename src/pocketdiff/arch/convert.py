@@ -1,0 +1,188 @@
+"""Weights in and out of FlexUNet: from a diffusers `UNet2DConditionModel`, and students from teachers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import SpecError
+from .spec import ArchSpec, ResSpec, TfSpec
+from .unet import BlockKey, FlexUNet, check_model_dir, load_state_dict_strict
+
+# ---------------------------------------------------------------------------- diffusers -> ArchSpec
+
+_DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
+_UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
+
+
+def spec_from_diffusers_config(cfg: dict) -> ArchSpec:
+    """The ArchSpec of a diffusers `UNet2DConditionModel` config (the SD-1.x family of block types)."""
+    def get(k, default=None):
+        return cfg.get(k, default) if isinstance(cfg, dict) else getattr(cfg, k, default)
+
+    channels = list(get("block_out_channels"))
+    n = len(channels)
+    layers = get("layers_per_block", 2)
+    layers = [layers] * n if isinstance(layers, int) else list(layers)
+    heads = get("num_attention_heads") or get("attention_head_dim", 8)  # SD-1.x: "attention_head_dim" is the head count
+    heads = [heads] * n if isinstance(heads, int) else list(heads)
+    for k, expected in (("use_linear_projection", False), ("upcast_attention", False), ("class_embed_type", None),
+                        ("addition_embed_type", None), ("time_cond_proj_dim", None)):
+        if get(k, expected) != expected:
+            raise SpecError(f"diffusers UNet option {k}={get(k)!r} is not supported (FlexUNet covers the SD-1.x topology)")
+    down, up = [], []
+    for lvl, t in enumerate(get("down_block_types")):
+        if t not in _DOWN:
+            raise SpecError(f"diffusers down block type {t!r} is not supported ({sorted(_DOWN)})")
+        unit = [ResSpec(), TfSpec(heads=heads[lvl])] if _DOWN[t] else [ResSpec()]
+        down.append(unit * layers[lvl])
+    for i, t in enumerate(get("up_block_types")):
+        if t not in _UP:
+            raise SpecError(f"diffusers up block type {t!r} is not supported ({sorted(_UP)})")
+        lvl = n - 1 - i
+        unit = [ResSpec(), TfSpec(heads=heads[lvl])] if _UP[t] else [ResSpec()]
+        up.append(unit * (layers[lvl] + 1))
+    up.reverse()
+    mid_type = get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if mid_type not in ("UNetMidBlock2DCrossAttn", None):
+        raise SpecError(f"diffusers mid block type {mid_type!r} is not supported")
+    mid = [ResSpec(), TfSpec(heads=heads[-1]), ResSpec()] if mid_type else []
+    return ArchSpec.from_dict(dict(
+        name="sd15-from-diffusers", channels=channels, down=down, mid=mid, up=up, in_channels=get("in_channels", 4),
+        out_channels=get("out_channels", 4), sample_size=get("sample_size", 64),
+        cross_attention_dim=get("cross_attention_dim", 768), norm_groups=get("norm_num_groups", 32),
+    ))
+
+
+def diffusers_block_prefix(spec: ArchSpec, key: BlockKey) -> str:
+    """diffusers' module path of a FlexUNet block: the k-th res of a level is `resnets.k`, the k-th tf `attentions.k`."""
+    path, lvl, i = key
+    blocks = spec.mid if path == "mid" else (spec.down if path == "down" else spec.up)[lvl]
+    kind = blocks[i].kind
+    k = sum(1 for b in blocks[:i] if b.kind == kind)
+    sub = "resnets" if kind == "res" else "attentions"
+    if path == "mid":
+        return f"mid_block.{sub}.{k}"
+    if path == "down":
+        return f"down_blocks.{lvl}.{sub}.{k}"
+    return f"up_blocks.{spec.num_levels - 1 - lvl}.{sub}.{k}"
+
+
+def flexunet_key_map(spec: ArchSpec) -> dict[str, str]:
+    """FlexUNet module prefix -> diffusers module prefix, for every block and sampler."""
+    m = {}
+    for path, lvl, i, _ in spec.all_blocks():
+        ours = f"mid_blocks.{i}" if path == "mid" else f"{path}_levels.{lvl}.blocks.{i}"
+        m[ours] = diffusers_block_prefix(spec, (path, lvl, i))
+    for lvl in range(spec.num_levels - 1):
+        m[f"down_levels.{lvl}.sampler"] = f"down_blocks.{lvl}.downsamplers.0"
+    for lvl in range(1, spec.num_levels):
+        m[f"up_levels.{lvl}.sampler"] = f"up_blocks.{spec.num_levels - 1 - lvl}.upsamplers.0"
+    return m
+
+
+def convert_diffusers_state_dict(spec: ArchSpec, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inverse = {v: k for k, v in flexunet_key_map(spec).items()}
+    out = {}
+    for key, value in sd.items():
+        new = key
+        parts = key.split(".")
+        for n in (4, 3, 2):  # longest matching container prefix: "down_blocks.0.resnets.1", "mid_block.resnets.0"
+            prefix = ".".join(parts[:n])
+            if prefix in inverse:
+                new = inverse[prefix] + key[len(prefix):]
+                break
+        out[new] = value
+    return out
+
+
+def flexunet_from_diffusers(unet_or_path) -> FlexUNet:
+    """A FlexUNet with the weights of a diffusers `UNet2DConditionModel` (an instance or a local directory)."""
+    if isinstance(unet_or_path, (str, Path)):
+        from diffusers import UNet2DConditionModel
+
+        path = Path(unet_or_path)
+        if (path / "unet").is_dir():
+            path = path / "unet"
+        check_model_dir(path, "UNet2DConditionModel")
+        unet = UNet2DConditionModel.from_pretrained(path)
+    else:
+        unet = unet_or_path
+    spec = spec_from_diffusers_config(dict(unet.config))
+    model = FlexUNet.from_spec(spec)
+    load_state_dict_strict(model, convert_diffusers_state_dict(spec, unet.state_dict()))
+    return model.to(unet.dtype)
+
+
+# ---------------------------------------------------------------------------- students from teachers
+
+@dataclass
+class InitReport:
+    copied: list[tuple[BlockKey, BlockKey]] = field(default_factory=list)  # (student block, teacher block)
+    duplicated: list[tuple[BlockKey, BlockKey]] = field(default_factory=list)  # a teacher block copied a second time
+    new: list[BlockKey] = field(default_factory=list)  # no teacher block fits: fresh initialisation
+    dropped: list[BlockKey] = field(default_factory=list)  # teacher blocks the student does not keep
+    other: list[str] = field(default_factory=list)  # non-block modules (stem, time MLP, samplers, head)
+
+    def summary(self) -> str:
+        return (f"{len(self.copied)} blocks copied, {len(self.duplicated)} duplicated, {len(self.new)} new, "
+                f"{len(self.dropped)} teacher blocks dropped; {len(self.other)} other modules copied")
+
+
+def _block_fits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+
+
+def init_from_teacher(teacher: FlexUNet, spec: ArchSpec) -> tuple[FlexUNet, InitReport]:
+    """BK-SDM-style initialisation: each student block takes the weights of its teacher counterpart.
+
+    Alignment, per (path, level): student blocks are matched in order to the teacher's blocks of the same kind and
+    shape (a subsequence match, so removing blocks keeps the survivors' weights). A student block beyond the teacher's
+    (an added copy, as SnapFusion's Up-1 with 6 transformers) copies the last matched teacher block of its kind;
+    with nothing to copy it keeps its fresh initialisation. Stem, time MLP, samplers and head copy where shapes fit.
+    """
+    student = FlexUNet.from_spec(spec)
+    rep = InitReport()
+    t_spec = teacher.spec
+    groups: dict[tuple[str, int], list] = {}
+    for path, lvl, i, b in t_spec.all_blocks():
+        groups.setdefault((path, lvl), []).append(i)
+    used: set[BlockKey] = set()
+    with torch.no_grad():
+        for path, lvl in {(p, l) for p, l, _, _ in spec.all_blocks()} | set(groups):
+            s_idx = [i for p, l, i, _ in spec.all_blocks() if (p, l) == (path, lvl)]
+            t_idx = groups.get((path, lvl), [])
+            cursor, last_of_kind = 0, {}
+            for i in s_idx:
+                s_key = (path, lvl, i)
+                s_mod = student.block(s_key)
+                match = None
+                for j in range(cursor, len(t_idx)):
+                    t_key = (path, lvl, t_idx[j])
+                    if _block_fits(s_mod, teacher.block(t_key)):
+                        match, cursor = t_key, j + 1
+                        break
+                kind = type(s_mod).__name__
+                if match is not None:
+                    s_mod.load_state_dict(teacher.block(match).state_dict())
+                    rep.copied.append((s_key, match))
+                    used.add(match)
+                    last_of_kind[kind] = match
+                elif kind in last_of_kind and _block_fits(s_mod, teacher.block(last_of_kind[kind])):
+                    s_mod.load_state_dict(teacher.block(last_of_kind[kind]).state_dict())
+                    rep.duplicated.append((s_key, last_of_kind[kind]))
+                else:
+                    rep.new.append(s_key)
+        rep.dropped = [(p, l, i) for p, l, i, _ in t_spec.all_blocks() if (p, l, i) not in used]
+        t_sd = teacher.state_dict()
+        block_prefixes = tuple(f"{p}_levels.{l}.blocks." for p in ("down", "up") for l in range(16)) + ("mid_blocks.",)
+        for name, param in student.state_dict().items():
+            if name.startswith(block_prefixes):
+                continue
+            if name in t_sd and t_sd[name].shape == param.shape:
+                param.copy_(t_sd[name])
+                rep.other.append(name)
+    return student, rep
