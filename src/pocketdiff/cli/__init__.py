@@ -1,0 +1,39 @@
+"""`pocketdiff`: the command line. Every `PocketDiffError` becomes `error: <message>` on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: spin-waiting slows a shared box 3-8x
+
+import importlib
+import importlib.util
+import sys
+
+import typer
+
+from ..errors import PocketDiffError
+
+
+def build_app() -> typer.Typer:
+    from . import arch, profile
+
+    app = typer.Typer(help="Efficient mobile text-to-image diffusion (SnapFusion, MobileDiffusion).",
+                      no_args_is_help=True)
+    app.add_typer(arch.app, name="arch")
+    profile.register(app)
+    # Sub-commands written beside this file by others (present or not while the CLI is assembled).
+    if importlib.util.find_spec(f"{__name__}.train"):
+        app.add_typer(importlib.import_module(f"{__name__}.train").app, name="train")
+    if importlib.util.find_spec(f"{__name__}.generate"):
+        importlib.import_module(f"{__name__}.generate").register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = build_app()
+    try:
+        app(args=argv, prog_name="pocketdiff")
+    except PocketDiffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,80 @@
+"""`pocketdiff train STAGE`: one command per registered stage (pocketdiff.training.stages.STAGES).
+
+    pocketdiff train vae --config configs/shapes/vae.yaml [--preset quick] [--out DIR] [--resume] [--json PATH]
+                         [--set max_steps=100 --set options.kl_weight=1e-5]
+
+Checkpoints and log.jsonl go to --out (default: the config's out_dir, else runs/<stage>/); the final component to
+the config's export_dir. Bad input raises PocketDiffError subclasses (the main CLI maps them to exit 2).
+
+OMP_WAIT_POLICY=PASSIVE is set here (if unset) because OpenMP reads it when torch is first imported; with the
+default spin-waiting a 2-core machine shared with another process slows 3-8x (shared/reference/measured.md).
+If the main CLI imports torch before this module, it must set it itself, first thing.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # noqa: E402  (must precede the torch import below)
+
+import json
+from pathlib import Path
+
+import typer
+
+from pocketdiff.training.config import ConfigError, load_config, parse_set
+from pocketdiff.training.loop import train
+from pocketdiff.training.stages import STAGES, get_stage
+
+app = typer.Typer(help="Train one pipeline component (checkpoints in runs/STAGE, export to the config's export_dir).",
+                  no_args_is_help=True)
+
+
+def run_stage(
+    name: str,
+    config: str | Path | None = None,
+    preset: str | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    json_path: str | Path | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Load `config` (default configs/shapes/NAME.yaml), train stage `name`, return (and optionally write) the summary."""
+    stage_cls = get_stage(name)
+    config = Path(config) if config is not None else Path(f"configs/shapes/{name}.yaml")
+    cfg = load_config(config, preset, overrides)  # validates options against the stage the file names
+    if cfg.stage != name:
+        raise ConfigError(f"{config}: stage: {cfg.stage!r}, but this command trains {name!r}")
+    summary = train(stage_cls(cfg), cfg, out_dir=out, resume=resume)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _command(name: str):
+    def command(
+        config: Path = typer.Option(None, "--config", "-c", help=f"YAML config [default: configs/shapes/{name}.yaml]"),
+        preset: str = typer.Option(None, "--preset", "-p", help="named preset from the config's presets: section"),
+        out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
+        resume: bool = typer.Option(False, "--resume", help="continue exactly from the run directory's checkpoint"),
+        json_path: Path = typer.Option(None, "--json", help="write the final summary (metrics, times) as JSON"),
+        set_: list[str] = typer.Option(None, "--set", help="override a config key: --set options.kl_weight=1e-5"),
+    ) -> None:
+        summary = run_stage(name, config, preset, out, resume, json_path, parse_set(set_))
+        for key, value in summary.items():
+            typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+        if summary["stopped"] == "interrupted":
+            typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
+            raise typer.Exit(130)
+
+    command.__doc__ = (STAGES[name].__doc__ or f"Train the {name} stage.").strip().splitlines()[0]
+    return command
+
+
+for _name in STAGES:
+    app.command(_name)(_command(_name))
+
+
+if __name__ == "__main__":
+    app()

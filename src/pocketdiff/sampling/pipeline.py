@@ -1,0 +1,186 @@
+"""One text-to-image pipeline for both worlds: the shipped shapes-world model and a local Stable Diffusion 1.5 directory.
+
+A model directory has diffusers' layout (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
+`scheduler/`); the UNet may be a `FlexUNet` or a diffusers `UNet2DConditionModel`. The sampling loop is classifier-free
+guidance (Ho & Salimans 2022): eps_or_v = u + w (c - u), with diffusers' schedulers doing the solver step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
+                       UNet2DConditionModel)
+
+from ..errors import DataError, ModelDirError
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SCHEDULERS = ("ddim", "dpm", "dpm++")
+
+
+def make_scheduler(name: str, config: dict):
+    """diffusers' solvers, configured from the model's training schedule (we write no solver of our own)."""
+    if name == "ddim":
+        # clip_sample=False: with v-prediction in latent space clipping x0 made CFG drift (shared/reference/measured.md)
+        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
+    if name in ("dpm", "dpm++"):
+        # DPM-Solver (Lu et al. 2022) and DPM-Solver++ (2nd order multistep); plain DPM-Solver cannot end on sigma=0
+        return DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver" if name == "dpm" else "dpmsolver++", solver_order=2,
+            final_sigmas_type="sigma_min" if name == "dpm" else "zero")
+    raise DataError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+@dataclass
+class Timings:
+    """Wall-clock milliseconds per component (the talk's table)."""
+    text_encoder: float = 0.0
+    unet_total: float = 0.0
+    decoder: float = 0.0
+    unet_calls: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.text_encoder + self.unet_total + self.decoder
+
+    def as_dict(self) -> dict:
+        return {"text_encoder": self.text_encoder, "unet_total": self.unet_total, "decoder": self.decoder,
+                "total": self.total}
+
+
+@dataclass
+class Generation:
+    images: np.ndarray  # [N, H, W, 3] uint8
+    timings: Timings = field(default_factory=Timings)
+
+
+class TextToImagePipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+    # --------------------------------------------------------------- text
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Token states the UNet cross-attends to ([B, L, D], SD's `last_hidden_state`). "" is unconditional."""
+        from ..text.tokenizer import tokenize_prompts
+
+        if hasattr(self.tokenizer, "backend_tokenizer") and "<bos>" in self.tokenizer.get_vocab():
+            ids = tokenize_prompts(self.tokenizer, list(prompts))  # our word-level tokenizer: warns on unknown words
+        else:  # a CLIP BPE tokenizer (Stable Diffusion)
+            ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                                 max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+        return self.text_encoder(input_ids=ids.to(self.device)).last_hidden_state
+
+    # --------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def __call__(self, prompt: str | Sequence[str], num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 seed: int | Sequence[int] = 0, scheduler: str | None = None, latents: torch.Tensor | None = None,
+                 decode: bool = True) -> Generation:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise DataError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if num_inference_steps < 1:
+            raise DataError(f"steps must be >= 1, got {num_inference_steps}")
+        sched = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
+        t_ = Timings()
+        cfg = guidance_scale != 1.0
+
+        # 1. text: conditional and (for CFG) unconditional embeddings
+        t0 = time.perf_counter()
+        ctx = self.encode(prompts + ([""] * len(prompts) if cfg else []))
+        t_.text_encoder = 1e3 * (time.perf_counter() - t0)
+
+        # 2. initial noise, one generator per image: the same seed gives the same image in any batch
+        shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        if latents is None:
+            latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        latents = latents.to(self.device, self.unet.dtype) * sched.init_noise_sigma
+        sched.set_timesteps(num_inference_steps)
+
+        # 3. denoise: v (or eps) = u + w (c - u)
+        t0 = time.perf_counter()
+        for t in sched.timesteps:
+            x = torch.cat([latents, latents]) if cfg else latents
+            x = sched.scale_model_input(x, t)
+            out = self.unet(x, t, encoder_hidden_states=ctx.to(self.unet.dtype)).sample
+            t_.unet_calls += 1
+            if cfg:
+                cond, uncond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            latents = sched.step(out, t, latents).prev_sample
+        t_.unet_total = 1e3 * (time.perf_counter() - t0)
+        if not decode:
+            return Generation(images=latents.float().cpu().numpy(), timings=t_)
+
+        # 4. decode
+        t0 = time.perf_counter()
+        images = self.decode_latents(latents)
+        t_.decoder = 1e3 * (time.perf_counter() - t0)
+        return Generation(images=images, timings=t_)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae_dir: str | Path | None = None,
+                  scheduler: str = "ddim") -> TextToImagePipeline:
+    """Load a model directory (shapes world or Stable Diffusion 1.5, diffusers layout). `unet_dir`/`vae_dir`
+    swap in another UNet (e.g. a distilled student) or decoder. Errors name the missing component."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from ..arch.unet import FlexUNet
+
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelDirError(f"model directory {root} does not exist")
+    missing = [c for c in COMPONENTS if not (root / c).is_dir()]
+    if missing:
+        raise ModelDirError(f"{root} is missing component(s) {missing}: a model directory needs {list(COMPONENTS)}")
+
+    def load_unet(path: Path):
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ModelDirError(f"{path} has no config.json: not a UNet directory")
+        cls_name = json.loads(cfg_file.read_text()).get("_class_name")
+        return (FlexUNet if cls_name == "FlexUNet" else UNet2DConditionModel).from_pretrained(path)
+
+    for c in ("vae", "text_encoder", "scheduler"):
+        if not any((root / c).glob("*.json")):
+            raise ModelDirError(f"{root / c} has no config: the {c} component is incomplete")
+    unet = load_unet(Path(unet_dir) if unet_dir else root / "unet")
+    vae = AutoencoderKL.from_pretrained(Path(vae_dir) if vae_dir else root / "vae")
+    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    sched_cfg = json.loads(next((root / "scheduler").glob("*.json")).read_text())
+    pipe = TextToImagePipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+                               scheduler=make_scheduler(scheduler, sched_cfg))
+    return pipe
+
+
+def write_model_index(root: str | Path, unet_class: tuple[str, str] = ("pocketdiff.arch", "FlexUNet")) -> None:
+    """model_index.json, so that the directory is a diffusers pipeline (`TextToImagePipeline.from_pretrained`)."""
+    import diffusers
+
+    index = {
+        "_class_name": "TextToImagePipeline", "_diffusers_version": diffusers.__version__,
+        "unet": list(unet_class), "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    path = Path(root) / "model_index.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,421 @@
+"""The one trainer core: a `Stage` says what to train, `train()` trains it (nanoGPT-short, through Accelerate).
+
+    stage = STAGES["vae"](cfg)          # cfg: TrainConfig from pocketdiff.training.config.load_config
+    summary = train(stage, cfg, out_dir="runs/vae", resume=False)
+
+Per optimiser step: for each micro-batch, `stage.get_batch(rng)` -> `stage.compute_loss(models, frozen, batch)`
+-> backward; then clip, AdamW step, EMA update, log, sample/eval/checkpoint on their schedules. At the end: final
+checkpoint, `stage.evaluate` on the EMA weights, `stage.export` of the EMA weights to `cfg.export_dir`.
+
+Exact resume: batches come only from a `numpy.random.Generator` (its state is checkpointed), the learning rate is
+a pure function of the step, and the torch RNG state is checkpointed, so k steps + resume + (N-k) steps gives the
+same weights as N steps in one go (tests/training/test_loop.py). Sampling and evaluation run under
+`torch.random.fork_rng()` with their own numpy generator, so they never shift the training stream.
+
+Ctrl-C / SIGTERM (e.g. `kill PID` of a nohup run) finishes the current step, checkpoints and returns with
+stopped="interrupted" without exporting; `--resume` continues exactly from there.
+
+Single process: batches are drawn by the stage, not by a DataLoader, so multi-process runs would each need their own
+stream (the generator is seeded with (seed, process_index), but only the main process checkpoints it).
+
+Threads: `torch.set_num_threads(cfg.num_threads or all cores)`. `OMP_WAIT_POLICY=PASSIVE` (see
+shared/reference/measured.md: 3-8x slowdowns on a shared 2-core machine without it) must be in the environment
+before torch is first imported; `pocketdiff.cli.train` sets it at import time if it is unset.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from pocketdiff.errors import DataError, WeightsError
+from pocketdiff.training.config import TrainConfig
+
+CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD = "checkpoint", "ckpt.tmp", "checkpoint.old"
+
+
+class Stage:
+    """One trainable component of the pipeline. Subclass it, set `name` and `Options`, register it in
+    `pocketdiff.training.stages.STAGES`.
+
+    - `build()`: the trainable modules, by name (they are trained, EMA'd and checkpointed as one ModuleDict);
+      `{}` for a stage with nothing to optimise (e.g. the tokenizer): then `train` only exports.
+    - `build_frozen()`: frozen context (a teacher, a VAE, a text encoder); moved to the device, eval, no grad.
+    - `get_batch(rng)`: one micro-batch drawn with `rng` only (so resume is exact); tensors are moved to the device.
+    - `compute_loss(models, frozen, batch) -> (loss, logs)`: logs are floats, averaged into log.jsonl.
+    - `sample(models, frozen, rng)`: optional uint8 HxWx3 grid, saved as samples/step_XXXXXX.png.
+    - `evaluate(models, frozen)`: optional metrics dict, every `eval_every` steps and at the end (EMA weights).
+    - `export(models, frozen, export_dir)`: write the deployable component (e.g. `save_pretrained`).
+    """
+
+    name: ClassVar[str] = ""
+
+    @dataclass
+    class Options:
+        """Stage-specific config (`options:` in the YAML). Subclasses replace it."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.opts = cfg.options
+
+    def build(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def build_frozen(self) -> dict[str, nn.Module]:
+        return {}
+
+    def get_batch(self, rng: np.random.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def compute_loss(
+        self, models: nn.ModuleDict, frozen: dict[str, nn.Module], batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def sample(self, models: nn.ModuleDict, frozen: dict[str, nn.Module], rng: np.random.Generator) -> np.ndarray | None:
+        return None
+
+    def evaluate(self, models: nn.ModuleDict, frozen: dict[str, nn.Module]) -> dict[str, float]:
+        return {}
+
+    def export(self, models: nn.ModuleDict, frozen: dict[str, nn.Module], export_dir: Path) -> None:
+        raise NotImplementedError
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr` over `warmup_steps`, then cosine decay to `min_lr` at `max_steps` (nanoGPT)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+class EMA:
+    """ema <- d * ema + (1 - d) * param, with d = min(decay, (1 + step) / (10 + step)) so short runs are not stuck at
+    their initial weights. Ours rather than diffusers' EMAModel: the EMA is just a second copy of the ModuleDict, so
+    it is checkpointed with the same safetensors code as the model, and export takes it as-is."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """`checkpoint/`, or `checkpoint.old/` if a crash hit between the two renames of `save_checkpoint`."""
+    for name in (CHECKPOINT, CHECKPOINT_OLD):
+        if (run_dir / name / "state.json").is_file():
+            return run_dir / name
+    return None
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer, state: dict) -> Path:
+    """Write to ckpt.tmp/, then swap it in with renames: a crash leaves either the old or the new checkpoint."""
+    tmp, final, old = run_dir / CHECKPOINT_TMP, run_dir / CHECKPOINT, run_dir / CHECKPOINT_OLD
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_model(ema.model, str(tmp / "ema.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(tmp / "rng.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer) -> dict:
+    """Restore weights (safetensors), optimizer (torch.load weights_only=True) and RNG; return state.json."""
+    try:
+        load_model(model, str(ckpt / "model.safetensors"))
+        if ema is not None:
+            if (ckpt / "ema.safetensors").is_file():
+                load_model(ema.model, str(ckpt / "ema.safetensors"))
+            else:
+                ema.model.load_state_dict(model.state_dict())
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise WeightsError(f"{ckpt}: checkpoint does not fit this config ({e}); use a new --out or drop --resume") from None
+    rng = load_file(str(ckpt / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    return json.loads((ckpt / "state.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _make_accelerator(mixed_precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # Accelerate keeps process-wide singletons; several train() calls in one process (tests) need a fresh state.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+class _JsonLog:
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():  # drop rows logged after the checkpoint we resume from
+            rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= resume_step]
+            path.write_text("".join(r + "\n" for r in rows))
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class _GracefulStop:
+    """SIGINT / SIGTERM while training: finish the current step, checkpoint, and return with
+    stopped="interrupted" (no export); `--resume` continues exactly. A second Ctrl-C aborts at once (the last
+    regular checkpoint stays valid: checkpoints are only written between steps)."""
+
+    def __init__(self) -> None:
+        self.requested, self._old = False, {}
+
+    def __enter__(self) -> _GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and checkpointing "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False) -> dict:
+    """Train `stage` per `cfg`; checkpoints and log.jsonl go to `out_dir` (default `cfg.run_dir`), the exported
+    component to `cfg.export_dir`. Returns a summary dict (also written to `out_dir/summary.json`)."""
+    from tqdm.auto import tqdm
+
+    run_dir = Path(out_dir) if out_dir is not None else cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.num_threads or _cpu_count())
+    accelerator = _make_accelerator(cfg.mixed_precision)
+    device, main = accelerator.device, accelerator.is_main_process
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    # 1. models: trainable (one ModuleDict, EMA'd), frozen context
+    torch.manual_seed(cfg.seed)
+    model = nn.ModuleDict(stage.build())
+    frozen = {k: m.to(device).eval().requires_grad_(False) for k, m in stage.build_frozen().items()}
+    rng = np.random.default_rng([cfg.seed, accelerator.process_index])
+    step, elapsed, stopped = 0, 0.0, "max_steps"
+    trainable = any(p.requires_grad for p in model.parameters())
+
+    if trainable:
+        model.to(device)
+        ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        decay, no_decay = [], []  # no weight decay on biases, norm weights, scalars (< 2-D tensors)
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        if ema is not None:
+            ema.model.to(device)
+
+        # 2. resume
+        ckpt = find_checkpoint(run_dir) if resume else None
+        if resume and ckpt is None:
+            warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=2)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, accelerator.unwrap_model(model), ema, optimizer)
+            step, elapsed = state["step"], state["elapsed_s"]
+            rng.bit_generator.state = state["numpy_rng"]
+        log = _JsonLog(run_dir / "log.jsonl", step if ckpt is not None else None, main)
+
+        def checkpoint() -> None:
+            if main:
+                state = {"step": step, "elapsed_s": elapsed, "numpy_rng": rng.bit_generator.state,
+                         "stage": stage.name, "config": cfg.to_dict()}
+                save_checkpoint(run_dir, accelerator.unwrap_model(model), ema, optimizer, state)
+
+        def side_task(fn, *args):
+            """sample/evaluate the EMA weights (fp32, as exported) without touching the training RNG streams."""
+            target = ema.model if ema is not None else accelerator.unwrap_model(model)
+            target.eval()
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                out = fn(target, frozen, *args)
+            accelerator.unwrap_model(model).train()
+            return out
+
+        # 3. the loop
+        model.train()
+        tty = sys.stderr.isatty()
+        bar = tqdm(total=cfg.max_steps, initial=step, desc=stage.name, disable=not main,
+                   mininterval=0.5 if tty else 30, dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        n_sum, t_last, t_start = 0, time.monotonic(), time.monotonic() - elapsed
+        last_ckpt = step
+        with _GracefulStop() as stop:
+            while step < cfg.max_steps:
+                if stop.requested:
+                    stopped = "interrupted"
+                    break
+                if cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes:
+                    stopped = "max_minutes"
+                    break
+                lr = lr_at(step, cfg)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                for _ in range(cfg.grad_accum_steps):
+                    batch = _to_device(stage.get_batch(rng), device)
+                    with accelerator.autocast():
+                        loss, logs = stage.compute_loss(model, frozen, batch)
+                    accelerator.backward(loss / cfg.grad_accum_steps)
+                    for k, v in {"loss": loss.item(), **logs}.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum_steps
+                if cfg.grad_clip is not None:
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                n_sum += 1
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model), step)
+                elapsed = time.monotonic() - t_start
+
+                # 4. bookkeeping
+                if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                    now = time.monotonic()
+                    row = {"step": step, "lr": lr, **{k: v / n_sum for k, v in sums.items()},
+                           "it_s": n_sum / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 2)}
+                    log.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", refresh=False)
+                    sums, n_sum, t_last = {}, 0, now
+                bar.update(1)
+                if cfg.sample_every and step % cfg.sample_every == 0 and main:
+                    grid = side_task(stage.sample, np.random.default_rng(cfg.seed + 1))
+                    if grid is not None:
+                        _save_png(grid, run_dir / "samples" / f"step_{step:06d}.png")
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and main:
+                    metrics = side_task(stage.evaluate)
+                    if metrics:
+                        log.write({"step": step, **metrics})
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    checkpoint()
+                    last_ckpt = step
+        bar.close()
+        if step > last_ckpt or find_checkpoint(run_dir) is None:
+            checkpoint()
+        if stopped == "interrupted":
+            summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
+                       "run_dir": str(run_dir)}
+            log.write({"final": False, **summary})
+            return summary
+        export_model = ema.model if ema is not None else accelerator.unwrap_model(model)
+        metrics = side_task(stage.evaluate) if main else {}
+    else:
+        log = _JsonLog(run_dir / "log.jsonl", None, main)
+        export_model, metrics = model, stage.evaluate(model, frozen)
+
+    # 5. export the deployable component (EMA weights)
+    summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
+               "export_dir": str(cfg.export_dir), "run_dir": str(run_dir), **metrics}
+    if main:
+        export_model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            stage.export(export_model, frozen, Path(cfg.export_dir))
+        log.write({"final": True, **summary})
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _save_png(grid: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(grid, dtype=np.uint8)).save(path)
+
+
+def random_batch(dataset, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
+    """A batch from a map-style dataset (items: dicts of tensors / strings), indices drawn with `rng` (exact resume)."""
+    if len(dataset) == 0:
+        raise DataError("the dataset is empty")
+    items = [dataset[int(i)] for i in rng.integers(len(dataset), size=batch_size)]
+    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor) else [it[k] for it in items]
+            for k in items[0]}
+
+
+def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
+    """[N, H, W, 3] uint8 -> one uint8 grid image (white padding)."""
+    n, h, w, c = images.shape
+    rows = math.ceil(n / cols)
+    cols = min(cols, n)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, q = divmod(i, cols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = im
+    return out
+
+
+__all__ = ["EMA", "Stage", "find_checkpoint", "load_checkpoint", "lr_at", "make_grid",
+           "random_batch", "save_checkpoint", "train"]

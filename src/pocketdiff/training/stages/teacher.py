@@ -1,0 +1,164 @@
+"""Stage `teacher`: the latent diffusion UNet (a scaled-down `sd15` preset), as SD trains its UNet.
+
+Frozen text encoder and VAE (from `model_dir`), v-prediction (Salimans & Ho 2022: v = alpha_t eps - sigma_t x0),
+MSE on v, classifier-free-guidance dropout (captions replaced by "" with probability `cfg_dropout`), EMA.
+Exports `unet/` (FlexUNet) and `scheduler/` into `model_dir` and writes `model_index.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from pocketdiff.training.loop import Stage, make_grid
+
+SAMPLE_PROMPTS = ["a red circle on the left", "a large blue square", "a small green triangle at the top",
+                  "a yellow circle left of a purple square", "a red square above a green circle",
+                  "a blue triangle right of a yellow square", "", "an orange circle at the bottom"]
+
+
+def noise_schedule(o) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=o.num_train_timesteps, beta_schedule=o.beta_schedule,
+                         prediction_type=o.prediction_type, clip_sample=False,
+                         timestep_spacing="trailing")  # trailing: few-step samplers start at t = T - 1
+
+
+class TeacherStage(Stage):
+    name = "teacher"
+
+    @dataclass
+    class Options:
+        model_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/ are read from here; unet/ goes here
+        arch: str = "sd15"  # a preset name or a spec file
+        width: float = 0.125
+        depth: float = 1.0
+        head_dim: int | None = None  # override every transformer's head width (None: the preset's heads)
+        prediction_type: str = "v_prediction"
+        beta_schedule: str = "squaredcos_cap_v2"  # cosine (Nichol & Dhariwal): SD's scaled_linear is for 64x64 latents
+        num_train_timesteps: int = 1000
+        cfg_dropout: float = 0.1
+        two_object_fraction: float = 0.5
+        data: str = "shapes"
+        eval_prompts: int = 48  # held-out prompts judged at each evaluation (half single, half two objects)
+        eval_steps: int = 20
+        eval_guidance: float = 3.0
+        sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
+
+    # ------------------------------------------------------------------ setup
+    def _spec(self, sample_size: int, context_dim: int):
+        from pocketdiff.arch import ArchSpec, get_spec
+
+        o = self.opts
+        if Path(o.arch).is_file():
+            spec = ArchSpec.load(o.arch).replace(sample_size=sample_size, cross_attention_dim=context_dim)
+        else:
+            spec = get_spec(o.arch, width=o.width, depth=o.depth, sample_size=sample_size, cross_attention_dim=context_dim)
+        if o.head_dim:
+            d = spec.to_dict()
+            fix = lambda b: {**b, "heads": None, "head_dim": o.head_dim} if isinstance(b, dict) else (
+                {"kind": "tf", "heads": None, "head_dim": o.head_dim} if b == "tf" else b)
+            d.update(down=[[fix(b) for b in lv] for lv in d["down"]], mid=[fix(b) for b in d["mid"]],
+                     up=[[fix(b) for b in lv] for lv in d["up"]])
+            spec = ArchSpec.from_dict(d)
+        return spec
+
+    def build_frozen(self):
+        if getattr(self, "_frozen", None) is not None:
+            return self._frozen
+        from transformers import CLIPTextModel
+
+        from pocketdiff.text.tokenizer import load_tokenizer
+        from pocketdiff.training.stages.vae import load_vae
+
+        root = Path(self.opts.model_dir)
+        self.tokenizer = load_tokenizer(root / "tokenizer")
+        self._frozen = {"vae": load_vae(root / "vae"), "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"))}
+        return self._frozen
+
+    def build(self):
+        from pocketdiff.arch import FlexUNet
+
+        frozen = self.build_frozen()
+        vae, te = frozen["vae"], frozen["text_encoder"]
+        latent = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
+        spec = self._spec(latent, te.config.hidden_size).replace(in_channels=vae.config.latent_channels,
+                                                                 out_channels=vae.config.latent_channels)
+        self.scheduler = noise_schedule(self.opts)
+        from pocketdiff.training.stages.vae import open_dataset
+
+        self.dataset = open_dataset(self.opts.data)
+        return {"unet": FlexUNet.from_spec(spec)}
+
+    # ------------------------------------------------------------------ training
+    def get_batch(self, rng):
+        from pocketdiff.training.stages.vae import image_batch
+
+        b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
+        captions = ["" if rng.random() < self.opts.cfg_dropout else c for c in b["caption"]]
+        t = rng.integers(0, self.opts.num_train_timesteps, size=len(captions))
+        # noise and the VAE posterior sample are drawn from this seed (so resume is exact without a torch RNG)
+        return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
+                "noise_seed": int(rng.integers(2**62))}
+
+    def compute_loss(self, models, frozen, batch):
+        from pocketdiff.text.clip import encode_prompts
+
+        unet = models["unet"]
+        vae, te = frozen["vae"], frozen["text_encoder"]
+        with torch.no_grad():
+            x0 = vae.encode(batch["pixel_values"].to(vae.dtype)).latent_dist.sample(
+                generator=torch.Generator().manual_seed(batch["noise_seed"])) * vae.config.scaling_factor
+            ctx = encode_prompts(self.tokenizer, te, batch["caption"])
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
+        t = batch["t"].to(x0.device)
+        z_t = self.scheduler.add_noise(x0, noise, t)  # z_t = alpha_t x0 + sigma_t eps
+        target = self.scheduler.get_velocity(x0, noise, t) if self.opts.prediction_type == "v_prediction" else noise
+        pred = unet(z_t, t, ctx).sample
+        loss = F.mse_loss(pred.float(), target.float())
+        return loss, {}
+
+    # ------------------------------------------------------------------ monitoring
+    def _pipeline(self, unet, frozen):
+        from pocketdiff.sampling.pipeline import TextToImagePipeline, make_scheduler
+
+        return TextToImagePipeline(unet=unet, vae=frozen["vae"], text_encoder=frozen["text_encoder"],
+                                   tokenizer=self.tokenizer, scheduler=make_scheduler("ddim", self.scheduler.config))
+
+    def sample(self, models, frozen, rng):
+        pipe = self._pipeline(models["unet"], frozen)
+        gen = pipe(self.opts.sample_prompts, num_inference_steps=self.opts.eval_steps,
+                   guidance_scale=self.opts.eval_guidance, seed=0)
+        return make_grid(gen.images, cols=len(self.opts.sample_prompts))
+
+    def evaluate(self, models, frozen):
+        if not self.opts.eval_prompts:
+            return {}
+        from pocketdiff.evaluation.judge import evaluate as judge
+        from pocketdiff.data.shapes import heldout_prompts
+
+        n = self.opts.eval_prompts // 2
+        out = {}
+        pipe = self._pipeline(models["unet"], frozen)
+        for name in ("heldout-single", "heldout-two"):
+            prompts = [p for p, _ in heldout_prompts(name)[:n]]
+            gen = pipe(prompts, num_inference_steps=self.opts.eval_steps, guidance_scale=self.opts.eval_guidance,
+                       seed=0)
+            out[f"acc_{name.split('-')[1]}"] = judge(list(gen.images), prompts)["accuracy"]
+        return out
+
+    def export(self, models, frozen, export_dir):
+        from pocketdiff.sampling.pipeline import write_model_index
+
+        root = Path(self.opts.model_dir)
+        unet_dir = Path(export_dir)
+        models["unet"].save_pretrained(str(unet_dir) + ".tmp", safe_serialization=True)
+        import shutil
+
+        shutil.rmtree(unet_dir, ignore_errors=True)
+        Path(str(unet_dir) + ".tmp").replace(unet_dir)
+        self.scheduler.save_pretrained(root / "scheduler")
+        write_model_index(root)

@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-c", "from pocketdiff.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_generate_writes_png_and_is_deterministic(quick_model_dir, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (a, b):
+        r = run("generate", "a red circle left of a blue square", "--model", str(quick_model_dir), "--steps", "2",
+                "--seed", "3", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_generate_bad_input_exits_2_without_traceback(tmp_path):
+    r = run("generate", "a red circle", "--model", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+    r = run("generate", "--model", str(tmp_path))
+    assert r.returncode == 2 and "prompt" in r.stderr
+
+
+def test_eval_json_and_saved_images(quick_model_dir, tmp_path):
+    out, imgs = tmp_path / "e.json", tmp_path / "imgs"
+    r = run("eval", "--model", str(quick_model_dir), "--prompts", "heldout-two", "--steps", "2", "--limit", "6",
+            "--guidance", "1,3", "--json", str(out), "--save-images", str(imgs))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert len(data["results"]) == 2
+    for key in ("accuracy", "per_attribute", "fid", "clip_score"):
+        assert key in data["results"][0]
+    index = json.loads((imgs / "heldout-two_w3" / "index.json").read_text())
+    assert len(index) == 6 and all("prompt" in v and "seed" in v for v in index.values())
+
+
+def test_demo_report_and_json(quick_model_dir, tmp_path):
+    out, js = tmp_path / "demo", tmp_path / "demo.json"
+    r = run("demo", "--model", str(quick_model_dir), "--n", "2", "--out", str(out), "--json", str(js))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(js.read_text())
+    row = data["models"][0]
+    assert row["name"] == "teacher" and row["steps"] == 50
+    assert set(row["latency_ms"]) == {"text_encoder", "unet_total", "decoder", "total"}
+    assert (out / "report.md").read_text().count("![") == 2

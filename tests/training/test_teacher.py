@@ -1,0 +1,45 @@
+import numpy as np
+import torch
+
+from pocketdiff.training.config import load_config
+from pocketdiff.training.stages.teacher import TeacherStage
+
+
+def quick_stage(model_dir):
+    cfg = load_config("configs/shapes/teacher.yaml", "quick", {"options": {"model_dir": str(model_dir)}})
+    return TeacherStage(cfg)
+
+
+def test_teacher_loss_falls_on_a_fixed_batch(quick_model_dir):
+    stage = quick_stage(quick_model_dir)
+    models = torch.nn.ModuleDict(stage.build())
+    frozen = stage.build_frozen()
+    batch = stage.get_batch(np.random.default_rng(0))  # same images, captions, t and noise every step
+    opt = torch.optim.AdamW(models.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = stage.compute_loss(models, frozen, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_cfg_dropout_empties_captions(quick_model_dir):
+    stage = quick_stage(quick_model_dir)
+    stage.build()
+    stage.opts.cfg_dropout = 1.0
+    stage.cfg.batch_size = 8
+    assert stage.get_batch(np.random.default_rng(1))["caption"] == [""] * 8
+
+
+def test_teacher_is_v_prediction_on_the_sd15_topology(quick_model_dir):
+    from pocketdiff.arch import FlexUNet
+
+    unet = FlexUNet.from_pretrained(quick_model_dir / "unet")
+    assert unet.spec.counts()["resnets"] == 22 and unet.spec.counts()["self_attn"] == 16
+    import json
+
+    sched = json.loads((quick_model_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"
