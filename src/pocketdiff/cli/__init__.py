@@ -6,8 +6,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: spin-waiting slows a shared box 3-8x
 
-import importlib
-import importlib.util
 import sys
 
 import typer
@@ -16,17 +14,14 @@ from ..errors import PocketDiffError
 
 
 def build_app() -> typer.Typer:
-    from . import arch, profile
+    from . import arch, generate, profile, train
 
     app = typer.Typer(help="Efficient mobile text-to-image diffusion (SnapFusion, MobileDiffusion).",
-                      no_args_is_help=True)
+                      no_args_is_help=True, pretty_exceptions_enable=False)
     app.add_typer(arch.app, name="arch")
+    app.add_typer(train.app, name="train")
     profile.register(app)
-    # Sub-commands written beside this file by others (present or not while the CLI is assembled).
-    if importlib.util.find_spec(f"{__name__}.train"):
-        app.add_typer(importlib.import_module(f"{__name__}.train").app, name="train")
-    if importlib.util.find_spec(f"{__name__}.generate"):
-        importlib.import_module(f"{__name__}.generate").register(app)
+    generate.register(app)
     return app
 
 
