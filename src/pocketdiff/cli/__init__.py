@@ -14,14 +14,17 @@ from ..errors import PocketDiffError
 
 
 def build_app() -> typer.Typer:
-    from . import arch, generate, profile, train
+    from . import arch, distill, generate, profile, prune, sweep, train
 
     app = typer.Typer(help="Efficient mobile text-to-image diffusion (SnapFusion, MobileDiffusion).",
                       no_args_is_help=True, pretty_exceptions_enable=False)
     app.add_typer(arch.app, name="arch")
     app.add_typer(train.app, name="train")
+    app.add_typer(prune.app, name="prune")
+    app.add_typer(distill.app, name="distill")
     profile.register(app)
     generate.register(app)
+    sweep.register(app)
     return app
 
 

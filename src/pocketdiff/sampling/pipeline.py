@@ -15,8 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
-                       UNet2DConditionModel)
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
 
 from ..errors import DataError, ModelDirError
 
@@ -161,7 +160,10 @@ def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae
         if not any((root / c).glob("*.json")):
             raise ModelDirError(f"{root / c} has no config: the {c} component is incomplete")
     unet = load_unet(Path(unet_dir) if unet_dir else root / "unet")
-    vae = AutoencoderKL.from_pretrained(Path(vae_dir) if vae_dir else root / "vae")
+    from ..pruning.decoder import vae_class  # AutoencoderKL, or SlimAutoencoderKL for a pruned / tiny decoder
+
+    vae_path = Path(vae_dir) if vae_dir else root / "vae"
+    vae = vae_class(vae_path).from_pretrained(vae_path)
     text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder")
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     sched_cfg = json.loads(next((root / "scheduler").glob("*.json")).read_text())

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pocketdiff.errors import PocketDiffError
 from pocketdiff.training.loop import Stage
 from pocketdiff.training.stages.clip import CLIPStage
+from pocketdiff.training.stages.decoder import DecoderStage
+from pocketdiff.training.stages.distill import DistillStage
 from pocketdiff.training.stages.tokenizer import TokenizerStage
 from pocketdiff.training.stages.teacher import TeacherStage
 from pocketdiff.training.stages.vae import VAEStage
@@ -18,6 +20,8 @@ STAGES: dict[str, type[Stage]] = {
     "clip": CLIPStage,
     "vae": VAEStage,
     "teacher": TeacherStage,
+    "decoder": DecoderStage,
+    "distill": DistillStage,
 }
 
 

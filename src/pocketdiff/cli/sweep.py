@@ -1,0 +1,171 @@
+"""`pocketdiff sweep`: SnapFusion's guidance sweep, domain FID against compositional accuracy and domain CLIP score.
+
+    pocketdiff sweep --model models/shapes --model models/shapes --model models/shapes:unet_s8 \\
+        --scheduler dpm --scheduler dpm++ --scheduler ddim --steps 8 --guidance 1.0:10.5:0.5 \\
+        --prompts heldout-two --limit 200 --json out/sweep.json --plot out/sweep.png
+
+Each `--model` is one curve: `DIR` (its own unet/) or `DIR:UNET` (a student UNet dir, relative to DIR or absolute).
+`--steps`, `--scheduler` and `--label` are given once (for every model) or once per `--model`, so DDIM / DPM-Solver /
+DPM-Solver++ baselines on the teacher are rows beside the distilled student. Every point is `evaluate_pipeline` on
+the same prompts and seeds; CLIP scores all use one scorer (`--clip-model`, default the first model's directory; none
+without its clip_image/). The table has the shape of SnapFusion's Table 2 (method, steps, FID, CLIP) plus accuracy:
+each model at `--table-guidance` if given, else at its lowest-FID guidance. (A top-level command: `pocketdiff eval`
+is already a single command, not a group.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pocketdiff.errors import DataError
+
+
+def parse_model(spec: str) -> tuple[Path, Path | None]:
+    """`DIR` -> (DIR, None); `DIR:UNET` -> (DIR, DIR/UNET or the absolute UNET)."""
+    if Path(spec).is_dir() or ":" not in spec:
+        return Path(spec), None
+    root, unet = spec.rsplit(":", 1)
+    unet_path = Path(unet) if Path(unet).is_absolute() else Path(root) / unet
+    if not unet_path.is_dir():
+        raise DataError(f"--model {spec!r}: no UNet directory at {unet_path}")
+    return Path(root), unet_path
+
+
+def _per_model(values: list, n: int, flag: str) -> list:
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise DataError(f"{flag}: give one value for all models or one per --model ({n}), got {len(values)}")
+    return list(values)
+
+
+def table_rows(models: list[dict], table_guidance: float | None = None) -> list[dict]:
+    """One row per (model, prompt set): the point at `table_guidance` (nearest swept value) or the lowest-FID one
+    (highest accuracy where FID is unavailable)."""
+    rows = []
+    for m in models:
+        for pset in dict.fromkeys(p["prompt_set"] for p in m["points"]):
+            pts = [p for p in m["points"] if p["prompt_set"] == pset]
+            if table_guidance is not None:
+                best = min(pts, key=lambda p: abs(p["guidance"] - table_guidance))
+            elif all(p["fid"] is not None for p in pts):
+                best = min(pts, key=lambda p: p["fid"])
+            else:
+                best = max(pts, key=lambda p: p["accuracy"])
+            rows.append({"label": m["label"], "steps": m["steps"], "scheduler": m["scheduler"], "prompt_set": pset,
+                         "guidance": best["guidance"], "fid": best["fid"], "clip_score": best["clip_score"],
+                         "accuracy": best["accuracy"], "unet_ms": best["latency_ms"].get("unet_total")})
+    return rows
+
+
+def plot_sweep(models: list[dict], path: str | Path) -> Path:
+    """One row of panels per prompt set: FID (y, lower is better) against accuracy and against CLIP score (x),
+    one curve per model, guidance written at the ends of each curve (SnapFusion's FID-vs-CLIP figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    psets = list(dict.fromkeys(p["prompt_set"] for m in models for p in m["points"]))
+    fig, axes = plt.subplots(len(psets), 2, figsize=(12, 4.6 * len(psets)), squeeze=False)
+    for row, pset in zip(axes, psets):
+        for ax, key, name in ((row[0], "accuracy", "compositional accuracy"), (row[1], "clip_score", "domain CLIP score")):
+            drawn = False
+            for m in models:
+                pts = sorted((p for p in m["points"] if p["prompt_set"] == pset and p["fid"] is not None
+                              and p[key] is not None), key=lambda p: p["guidance"])
+                if not pts:
+                    continue
+                xs = [100 * p[key] if key == "accuracy" else p[key] for p in pts]
+                ax.plot(xs, [p["fid"] for p in pts], "o-", ms=3, label=m["label"])
+                for i in {0, len(pts) - 1}:
+                    ax.annotate(f"w={pts[i]['guidance']:g}", (xs[i], pts[i]["fid"]), fontsize=7,
+                                textcoords="offset points", xytext=(3, 3))
+                drawn = True
+            ax.set_xlabel(name + (" (%)" if key == "accuracy" else ""))
+            ax.set_ylabel("domain FID")
+            ax.set_title(f"{pset}: FID vs {name}")
+            ax.grid(alpha=0.3)
+            if drawn:
+                ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, f"no {name} (FID or {key} unavailable)", ha="center", va="center",
+                        transform=ax.transAxes)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def sweep(
+    model: list[str] = typer.Option(..., "--model", help="DIR or DIR:UNET (a student UNet dir); repeat, one curve each"),
+    label: list[str] = typer.Option(None, "--label", help="curve names, one per --model"),
+    steps: list[int] = typer.Option([8], "--steps", help="sampling steps: once, or once per --model"),
+    scheduler: list[str] = typer.Option(["ddim"], "--scheduler", help="ddim | dpm | dpm++: once, or once per --model"),
+    guidance: list[str] = typer.Option(["1.0:10.5:0.5"], "--guidance", help="1.0:10.5:0.5 (start:stop:step) | 1,3,7.5"),
+    prompts: list[str] = typer.Option(["heldout-two"], "--prompts", help="heldout-single | heldout-two | FILE; repeat"),
+    limit: int = typer.Option(None, "--limit", help="only the first N prompts of each set"),
+    seed: int = typer.Option(0, "--seed"),
+    clip_model: Path = typer.Option(None, "--clip-model", help="CLIP scorer dir [default: the first model's dir]"),
+    table_guidance: float = typer.Option(None, "--table-guidance", help="table at this w [default: lowest FID]"),
+    json_path: Path = typer.Option(None, "--json"),
+    plot: Path = typer.Option(None, "--plot", help="write the FID-vs-accuracy / FID-vs-CLIP curves (PNG)"),
+    threads: int = typer.Option(None, "--threads"),
+) -> None:
+    """Guidance sweep: FID vs accuracy and vs CLIP score, one curve per model; a SnapFusion-Table-2-like table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pocketdiff.cli.generate import _parse_floats, _pipe
+    from pocketdiff.evaluation.suite import evaluate_pipeline, write_json
+    from pocketdiff.sampling.pipeline import SCHEDULERS
+
+    parsed = [parse_model(m) for m in model]
+    n = len(parsed)
+    steps, scheduler = _per_model(steps, n, "--steps"), _per_model(scheduler, n, "--scheduler")
+    for s in scheduler:
+        if s not in SCHEDULERS:
+            raise DataError(f"--scheduler {s!r}: choose one of {', '.join(SCHEDULERS)}")
+    labels = _per_model(label, n, "--label") if label else [
+        f"{root.name}{'/' + unet.name if unet else ''} {sch} {st}" for (root, unet), sch, st in zip(parsed, scheduler, steps)]
+    ws = _parse_floats(guidance)
+    if not ws:
+        raise DataError("--guidance: no values")
+    clip_dir = clip_model or parsed[0][0]
+
+    pipes, models = {}, []
+    for (root, unet), sch, st, lab in zip(parsed, scheduler, steps, labels):
+        key = (str(root), str(unet))
+        if key not in pipes:
+            pipes[key] = _pipe(root, unet, None, "ddim", threads)  # the solver is chosen per call below
+        points = [evaluate_pipeline(pipes[key], pset, st, w, sch, seed, limit, clip_model_dir=clip_dir).as_dict()
+                  for pset in prompts for w in ws]
+        models.append({"label": lab, "model": str(root), "unet": None if unet is None else str(unet),
+                       "scheduler": sch, "steps": st, "points": points})
+    rows = table_rows(models, table_guidance)
+
+    pick = f"w = {table_guidance:g} (nearest)" if table_guidance is not None else "each model's lowest-FID guidance"
+    table = Table(title=f"guidance sweep {ws[0]:g}..{ws[-1]:g} ({len(ws)} values); table at {pick}")
+    for col in ("model", "prompts", "steps", "w", "FID", "CLIP", "accuracy", "UNet ms/img"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        table.add_row(r["label"], r["prompt_set"], str(r["steps"]), f"{r['guidance']:g}", fmt(r["fid"], ".2f"),
+                      fmt(r["clip_score"], ".2f"), f"{100 * r['accuracy']:.1f}%", fmt(r["unet_ms"], ".0f"))
+    Console().print(table)
+    if json_path:
+        write_json(json_path, {"guidance": ws, "prompt_sets": list(prompts), "limit": limit, "seed": seed,
+                               "clip_model": str(clip_dir), "table_guidance": table_guidance, "models": models,
+                               "table": rows})
+    if plot:
+        typer.echo(f"plot: {plot_sweep(models, plot)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)

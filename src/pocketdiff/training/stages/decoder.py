@@ -1,0 +1,228 @@
+"""Stage `decoder`: distil a smaller VAE decoder from the original one (SnapFusion's efficient decoder).
+
+    loss = || D_student(z) - D_teacher(z) ||^2          (MSE between the two decoders' images, per SnapFusion)
+
+No paired text-image data is needed: the latents z come from the teacher text-to-image pipeline (`latents:
+pipeline`: prompts -> `sampling_steps` DDIM steps with the teacher UNet and CFG; a bank of `bank_size` latents is
+generated once at start, with fixed seeds, and batches are drawn from it) or from encoding images with the teacher
+encoder (`latents: encoder`, drawn fresh per batch). Only the decode path (post_quant_conv + decoder) is trained;
+the encoder, quant_conv, latent channels and scaling_factor are the teacher's, copied and frozen, so the exported
+`SlimAutoencoderKL` is a drop-in VAE (`pocketdiff generate --vae DIR`).
+
+Students (`student`): "pruned" = the teacher's decoder pruned by `pocketdiff.pruning.decoder.prune_decoder`
+(`ratio`, `importance`), or loaded from `student_dir` (the output of `pocketdiff prune decoder`); "tiny" = the
+TAESD-style `TinyDecoder` (`tiny_channels`, `tiny_blocks`; x4 or x8 as the teacher's encoder downsamples), random
+init, or loaded from `student_dir`.
+
+Evaluation: PSNR (dB) of the student's images against the teacher decoder's images, both clamped to [-1, 1], on
+`eval_latents` held-out latents (pipeline: the held-out prompts of the shapes world with seeds no training latent
+uses; encoder: held-out scenes), mean and 5th percentile; plus the decode-path parameter counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pocketdiff.errors import DataError, ModelDirError
+from pocketdiff.training.loop import Stage, make_grid, random_batch
+
+BANK_SEED = 30_000  # training latents: prompts and initial noise
+EVAL_SEED = 40_000  # held-out latents: seeds no training latent uses
+
+
+class DecoderStage(Stage):
+    """Distil a pruned or tiny VAE decoder from the teacher decoder (MSE on images, latents from the teacher)."""
+
+    name = "decoder"
+
+    @dataclass
+    class Options:
+        model_dir: str = "models/shapes"  # the teacher pipeline (tokenizer, text_encoder, unet, scheduler, vae)
+        teacher_vae: str | None = None  # the decoder to distil; default model_dir/vae
+        student: Literal["pruned", "tiny"] = "pruned"
+        student_dir: str | None = None  # start from this SlimAutoencoderKL (`pocketdiff prune decoder --out`)
+        ratio: float = 0.5  # student=pruned without student_dir: prune the teacher's decoder here
+        importance: Literal["l1", "l2", "random"] = "l1"
+        tiny_channels: int = 64
+        tiny_blocks: int = 3
+        latents: Literal["pipeline", "encoder"] = "pipeline"
+        bank_size: int = 2048  # pipeline latents generated at start
+        sampling_steps: int = 20  # DDIM steps per pipeline latent (SnapFusion: 50)
+        guidance_scale: float = 3.0
+        generation_batch: int = 32
+        data: str = "shapes"  # prompts (pipeline) or images (encoder): the shapes world or an image-caption folder
+        two_object_fraction: float = 0.5
+        eval_latents: int = 64
+
+    # ------------------------------------------------------------------ setup
+    def build_frozen(self):
+        if getattr(self, "_frozen", None) is None:
+            from pocketdiff.pruning.decoder import load_vae_dir
+
+            o = self.opts
+            self.teacher_path = Path(o.teacher_vae) if o.teacher_vae else Path(o.model_dir) / "vae"
+            self._frozen = {"teacher": load_vae_dir(self.teacher_path).eval().requires_grad_(False)}
+        return self._frozen
+
+    def build(self):
+        from pocketdiff.training.stages.vae import open_dataset
+
+        o = self.opts
+        if not 0.0 < o.ratio < 1.0:
+            raise DataError(f"options.ratio must be in (0, 1), got {o.ratio}")
+        teacher = self.build_frozen()["teacher"]
+        self.dataset = open_dataset(o.data, teacher.config.sample_size)
+        student = self._student(teacher)
+        if o.latents == "pipeline":
+            self.bank = self._pipeline_latents(self._prompts(np.random.default_rng(BANK_SEED), o.bank_size), BANK_SEED)
+            self.eval_z = self._pipeline_latents(self._heldout_prompts(o.eval_latents), EVAL_SEED)
+        else:
+            self.eval_z = self._encode_heldout(teacher, o.eval_latents)
+        return {"vae": student}
+
+    def _student(self, teacher):
+        from pocketdiff.pruning.decoder import SlimAutoencoderKL, load_vae_dir, prune_decoder
+
+        o = self.opts
+        if o.student_dir:
+            student = load_vae_dir(o.student_dir)
+            kind = student.config.get("decoder_type", "pruned")
+            if kind != o.student:
+                raise DataError(f"options.student_dir {o.student_dir} holds a {kind!r} decoder but options.student "
+                                f"is {o.student!r}")
+            for key in ("latent_channels", "block_out_channels", "scaling_factor", "use_post_quant_conv"):
+                if list(np.atleast_1d(student.config[key])) != list(np.atleast_1d(teacher.config[key])):
+                    raise ModelDirError(f"options.student_dir {o.student_dir}: {key} {student.config[key]} differs "
+                                        f"from the teacher VAE's {teacher.config[key]} ({self.teacher_path}): not the "
+                                        "same latent interface")
+        elif o.student == "pruned":
+            student = prune_decoder(teacher, o.ratio, o.importance, seed=self.cfg.seed)
+        else:
+            cfg = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
+            cfg.update(decoder_type="tiny", tiny_channels=o.tiny_channels, tiny_blocks=o.tiny_blocks)
+            student = SlimAutoencoderKL(**cfg)
+        # the latent interface is the teacher's: its encoder and quant convs (post_quant_conv: the init, trained)
+        keep = {k: v.detach().clone() for k, v in teacher.state_dict().items() if not k.startswith("decoder.")}
+        missing, unexpected = student.load_state_dict(keep, strict=False)
+        if unexpected or any(not k.startswith("decoder.") for k in missing):
+            raise ModelDirError(f"the student does not have the teacher's encoder layout "
+                                f"({(unexpected or missing)[:3]})")
+        student.encoder.requires_grad_(False)
+        if student.quant_conv is not None:
+            student.quant_conv.requires_grad_(False)
+        return student.float()
+
+    # ------------------------------------------------------------------ latents
+    def _prompts(self, rng: np.random.Generator, n: int) -> list[str]:
+        if self.dataset is not None:
+            return list(random_batch(self.dataset, rng, n)["caption"])
+        from pocketdiff.data.shapes import caption, sample_scene
+
+        return [caption(sample_scene(rng, 2 if rng.random() < self.opts.two_object_fraction else 1), rng)
+                for _ in range(n)]
+
+    @staticmethod
+    def _heldout_prompts(n: int) -> list[str]:
+        from pocketdiff.data.shapes import heldout_prompts
+
+        single, two = ([p for p, _ in heldout_prompts(name)] for name in ("heldout-single", "heldout-two"))
+        both = [p for pair in zip(single, two) for p in pair]
+        return [both[i % len(both)] for i in range(n)]
+
+    @torch.no_grad()
+    def _pipeline_latents(self, prompts: list[str], seed: int) -> torch.Tensor:
+        """Teacher pipeline, `decode=False`: [N, C, h, w] latents in diffusion scale (x scaling_factor)."""
+        from pocketdiff.sampling.pipeline import load_pipeline
+
+        o = self.opts
+        pipe = load_pipeline(o.model_dir, vae_dir=self.teacher_path)
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            for start in range(0, len(prompts), o.generation_batch):
+                chunk = prompts[start:start + o.generation_batch]
+                gen = pipe(chunk, num_inference_steps=o.sampling_steps, guidance_scale=o.guidance_scale,
+                           seed=[seed + start + i for i in range(len(chunk))], decode=False)
+                out.append(torch.from_numpy(gen.images))
+        return torch.cat(out).float()
+
+    @torch.no_grad()
+    def _encode_heldout(self, teacher, n: int) -> torch.Tensor:
+        from pocketdiff.training.stages.vae import heldout_images
+
+        x = heldout_images(n, size=teacher.config.sample_size)
+        return torch.cat([teacher.encode(c).latent_dist.mode() for c in x.split(32)]) * teacher.config.scaling_factor
+
+    # ------------------------------------------------------------------ training
+    def get_batch(self, rng):
+        if self.opts.latents == "pipeline":
+            return {"latents": self.bank[torch.from_numpy(rng.integers(len(self.bank), size=self.cfg.batch_size))]}
+        from pocketdiff.training.stages.vae import image_batch
+
+        b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
+        # the posterior sample is drawn from this seed (exact resume without the torch RNG)
+        return {"pixel_values": b["pixel_values"], "noise_seed": int(rng.integers(2**62))}
+
+    def _latents(self, teacher, batch) -> torch.Tensor:
+        """Latents in diffusion scale (what the UNet produces; the pipeline divides by scaling_factor to decode)."""
+        if "latents" in batch:
+            return batch["latents"]
+        with torch.no_grad():
+            x = batch["pixel_values"].to(teacher.dtype)
+            gen = torch.Generator().manual_seed(batch["noise_seed"])
+            return teacher.encode(x).latent_dist.sample(generator=gen) * teacher.config.scaling_factor
+
+    def compute_loss(self, models, frozen, batch):
+        teacher = frozen["teacher"]
+        z = self._latents(teacher, batch) / teacher.config.scaling_factor
+        with torch.no_grad():
+            target = teacher.decode(z.to(teacher.dtype)).sample.float()
+        pred = models["vae"].decode(z).sample.float()
+        mse = F.mse_loss(pred, target)
+        return mse, {"psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
+
+    # ------------------------------------------------------------------ monitoring
+    @torch.no_grad()
+    def _decode_both(self, student, teacher, z: torch.Tensor, batch_size: int = 32):
+        s, t = [], []
+        for chunk in (z / teacher.config.scaling_factor).split(batch_size):
+            s.append(student.decode(chunk.to(student.device, student.dtype)).sample.float().clamp(-1, 1).cpu())
+            t.append(teacher.decode(chunk.to(teacher.device, teacher.dtype)).sample.float().clamp(-1, 1).cpu())
+        return torch.cat(s), torch.cat(t)
+
+    def sample(self, models, frozen, rng):
+        """Top row: teacher decoder; bottom row: student, on the first 8 held-out latents."""
+        s, t = self._decode_both(models["vae"], frozen["teacher"], self.eval_z[:8])
+        both = torch.cat([t, s])
+        return make_grid(((both + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy(), cols=len(t))
+
+    def evaluate(self, models, frozen):
+        from pocketdiff.pruning.decoder import param_count
+        from pocketdiff.training.stages.vae import psnr
+
+        student, teacher = models["vae"], frozen["teacher"]
+        s, t = self._decode_both(student, teacher, self.eval_z)
+        score = psnr(s, t)
+
+        def decode_params(v):
+            return param_count(v.decoder) + (param_count(v.post_quant_conv) if v.post_quant_conv is not None else 0)
+
+        return {"eval_psnr": score.mean().item(), "eval_psnr_p05": score.quantile(0.05).item(),
+                "student_decoder_params": float(decode_params(student)),
+                "teacher_decoder_params": float(decode_params(teacher))}
+
+    def export(self, models, frozen, export_dir: Path) -> None:
+        from pocketdiff.pruning.decoder import pruning_report, save_vae
+
+        o = self.opts
+        report = pruning_report(frozen["teacher"], models["vae"], source=str(self.teacher_path), student=o.student,
+                                student_dir=o.student_dir, latents=o.latents)
+        if o.student == "pruned" and not o.student_dir:
+            report.update(ratio=o.ratio, importance=o.importance)
+        save_vae(models["vae"], export_dir, report)

@@ -1,0 +1,244 @@
+"""Stage `distill`: SnapFusion's CFG-aware step distillation, one halving per run (teacher_steps = 2 x student_steps).
+
+    pocketdiff train distill --config configs/shapes/distill.yaml          # 32-step teacher -> 16-step student
+    pocketdiff distill steps --teacher models/shapes --student-steps 16    # the same, with flags
+
+Frozen: the teacher UNet (v-prediction), text encoder and VAE from `teacher_dir` (`teacher_unet` swaps in another
+teacher UNet, e.g. the distilled 16-step student that teaches the 8-step one). Trained: the student UNet, initialised
+as a copy of the teacher (`student: null`), from a UNet directory (the previous halving's student), or from a preset
+name / spec file (another architecture, initialised block by block with `FlexUNet.from_teacher`).
+
+Each micro-batch: shapes-world images -> VAE latents x, noise eps, a student step t of its DDIM grid with the teacher's
+two steps t -> t' -> t'' (`distillation_grid`), z_t = alpha_t x + sigma_t eps, then (pocketdiff.training.distill)
+
+    L = L_dstl + gamma L_ori,  L_dstl = CFG loss (prob. p, w ~ U[w_range]) else vanilla,  L_ori = ||v_S(c) - v||^2.
+
+Choices where SnapFusion is silent (all options): the CFG/vanilla draw is per batch (`mix: batch`; `mix: sample` draws
+per sample with w = 1 for the vanilla ones, which makes the CFG loss exactly the vanilla one); captions are dropped to
+"" with `cfg_dropout` as in the teacher's training, so the student's unconditional v, which CFG sampling needs, keeps
+being taught; gamma 'auto' is L_dstl / L_ori of the current batch (detached); L_ori's v(c) is the student's forward
+pass of the distillation loss (no extra UNet call); the student's t is a point of its own DDIM grid, t = -1 (the end)
+is alpha_bar_0 as diffusers' DDIM with set_alpha_to_one=False. (diffusers' DDIM steps to t - T // n, which can be one
+train step off the trailing grid's next point; we train on the grid.)
+
+Progressive schedule (64 -> 32 -> 16 -> 8) is a chain of runs, each one halving: run k's `student` is run k-1's export
+dir, and its `teacher_unet` is either the original teacher (SnapFusion's "direct" 16 -> 8 beat progressive) or the
+previous student. Exports the student (EMA) as a FlexUNet directory to `export_dir`, with `distillation.json` beside
+its weights (default `{teacher_dir}/unet_s{student_steps}`: `export_dir` may name options in braces); sample with
+`load_pipeline(teacher_dir, unet_dir=export_dir)` at `student_steps` DDIM steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pocketdiff.training.config import ConfigError
+from pocketdiff.training.distill import (alpha_sigma, auto_gamma, distillation_grid, step_distillation_loss,
+                                         v_prediction_loss)
+from pocketdiff.training.loop import Stage, make_grid
+from pocketdiff.training.stages.teacher import SAMPLE_PROMPTS
+
+
+def load_flexunet(path: str | Path):
+    """A UNet directory (or a model directory's unet/) as a FlexUNet; a diffusers UNet2DConditionModel is converted."""
+    from pocketdiff.arch import FlexUNet
+
+    path = Path(path)
+    if (path / "unet" / "config.json").is_file():
+        path = path / "unet"
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path}: no config.json, not a UNet directory")
+    if json.loads((path / "config.json").read_text()).get("_class_name") == "FlexUNet":
+        return FlexUNet.from_pretrained(path)
+    return FlexUNet.from_diffusers(path)
+
+
+def student_spec(name: str, teacher_spec, depth: float = 1.0):
+    """A preset name or spec file, fitted to the teacher: width from the teacher's first channel count, the teacher's
+    latent size, channels in/out, context width, and (if the teacher fixes it) its attention head width."""
+    from dataclasses import replace
+
+    from pocketdiff.arch import ArchSpec, TfSpec, get_spec
+
+    if Path(name).is_file():
+        spec = ArchSpec.load(name)
+    else:
+        spec = get_spec(name, width=teacher_spec.channels[0] / get_spec(name).channels[0], depth=depth)
+    head_dim = next((b.head_dim for *_, b in teacher_spec.all_blocks() if b.kind == "tf" and b.head_dim), None)
+    fix = (lambda b: replace(b, heads=None, head_dim=head_dim) if isinstance(b, TfSpec) else b) if head_dim else (lambda b: b)
+    return spec.replace(
+        sample_size=teacher_spec.sample_size, cross_attention_dim=teacher_spec.cross_attention_dim,
+        in_channels=teacher_spec.in_channels, out_channels=teacher_spec.out_channels,
+        down=tuple(tuple(fix(b) for b in lv) for lv in spec.down), mid=tuple(fix(b) for b in spec.mid),
+        up=tuple(tuple(fix(b) for b in lv) for lv in spec.up))
+
+
+class DistillStage(Stage):
+    """SnapFusion's CFG-aware step distillation: a student UNet taking one DDIM step for the teacher's two."""
+
+    name = "distill"
+
+    @dataclass
+    class Options:
+        teacher_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/, scheduler/ and (by default) unet/
+        teacher_unet: str | None = None  # another teacher UNet dir (e.g. the 16-step student teaching the 8-step one)
+        student: str | None = None  # None: a copy of the teacher | a UNet dir | a preset name or spec file
+        student_depth: float = 1.0  # for a preset student (its width follows the teacher's channels)
+        teacher_steps: int = 32
+        student_steps: int = 16
+        p: float = 0.1  # probability of the CFG loss (else the vanilla loss)
+        w_range: tuple[float, float] = (2.0, 14.0)  # guidance w ~ U[w_min, w_max] in the CFG loss
+        gamma: float | str = "auto"  # weight of L_ori: "auto" (L_dstl / L_ori per batch) or a number (0.2)
+        mix: Literal["batch", "sample"] = "batch"  # draw CFG-vs-vanilla once per batch or per sample
+        cfg_dropout: float = 0.1  # captions -> "" (keeps the student's unconditional v taught)
+        two_object_fraction: float = 0.5
+        data: str = "shapes"
+        eval_prompts: int = 48  # held-out prompts judged at each evaluation (half single, half two objects)
+        eval_guidance: float = 3.0  # the student is evaluated at student_steps DDIM steps
+        sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
+
+        def __post_init__(self) -> None:
+            w_min, w_max = self.w_range
+            checks = {"p": 0 <= self.p <= 1, "w_range": 1 <= w_min <= w_max, "cfg_dropout": 0 <= self.cfg_dropout <= 1,
+                      "student_steps": self.student_steps >= 1,
+                      "teacher_steps": self.teacher_steps == 2 * self.student_steps,
+                      "gamma": self.gamma == "auto" or (not isinstance(self.gamma, str) and self.gamma >= 0)}
+            for name, ok in checks.items():
+                if not ok:
+                    hint = {"teacher_steps": " (must be 2 x student_steps: one halving per run)",
+                            "gamma": " ('auto' or a number >= 0)", "w_range": " (1 <= w_min <= w_max)"}.get(name, "")
+                    raise ConfigError(f"{name}: invalid value {getattr(self, name)!r}{hint}")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # export_dir may name the run's options: "{teacher_dir}/unet_s{student_steps}" (so halvings never collide)
+        cfg.export_dir = cfg.export_dir.format(**{k: v for k, v in vars(self.opts).items() if isinstance(v, str | int)})
+
+    # ------------------------------------------------------------------ setup
+    def build_frozen(self):
+        if getattr(self, "_frozen", None) is not None:
+            return self._frozen
+        from transformers import CLIPTextModel
+
+        from pocketdiff.text.tokenizer import load_tokenizer
+        from pocketdiff.training.stages.vae import load_vae, open_dataset
+
+        o, root = self.opts, Path(self.opts.teacher_dir)
+        sched_file = next((root / "scheduler").glob("*.json"), None)
+        if sched_file is None:
+            raise ConfigError(f"options.teacher_dir: {root} has no scheduler/*.json (a trained model dir is needed)")
+        self.sched_config = json.loads(sched_file.read_text())
+        if self.sched_config.get("prediction_type") != "v_prediction":
+            raise ConfigError(f"{root}: the teacher must predict v (SnapFusion fine-tunes it to v-prediction first), "
+                              f"its scheduler says {self.sched_config.get('prediction_type')!r}")
+        from diffusers import DDPMScheduler
+
+        self.scheduler = DDPMScheduler.from_config(self.sched_config)
+        try:
+            self.grid = distillation_grid(self.sched_config, o.teacher_steps, o.student_steps)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.tokenizer = load_tokenizer(root / "tokenizer")
+        self.dataset = open_dataset(o.data)
+        teacher = load_flexunet(o.teacher_unet or root / "unet").eval().requires_grad_(False)
+        self._frozen = {"teacher": teacher, "vae": load_vae(root / "vae"),
+                        "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"))}
+        return self._frozen
+
+    def build(self):
+        from pocketdiff.arch import FlexUNet
+
+        teacher, s = self.build_frozen()["teacher"], self.opts.student
+        if s is None:
+            student = copy.deepcopy(teacher)
+        elif Path(s).is_dir():
+            student = load_flexunet(s)
+        else:
+            student = FlexUNet.from_teacher(teacher, student_spec(s, teacher.spec, self.opts.student_depth))
+        return {"unet": student.train().requires_grad_(True)}
+
+    # ------------------------------------------------------------------ training
+    def get_batch(self, rng):
+        from pocketdiff.training.stages.vae import image_batch
+
+        o, n = self.opts, self.cfg.batch_size
+        b = image_batch(o.data, rng, n, o.two_object_fraction, self.dataset)
+        captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
+        j = rng.integers(0, o.student_steps, size=n)  # which student step: (t, t', t'') = grid[j]
+        w = rng.uniform(*o.w_range, size=n)
+        cfg = rng.random(size=n) < o.p if o.mix == "sample" else [rng.random() < o.p] * n
+        # the CFG loss with w = 1 is the vanilla loss: per-sample mixing sets w = 1 where the draw says vanilla
+        return {"pixel_values": b["pixel_values"], "caption": captions, "t": self.grid[torch.from_numpy(j)],
+                "w": torch.tensor([wi if ci else 1.0 for wi, ci in zip(w, cfg)], dtype=torch.float32),
+                "cfg": bool(any(cfg)), "noise_seed": int(rng.integers(2**62))}
+
+    def compute_loss(self, models, frozen, batch):
+        from pocketdiff.text.clip import encode_prompts
+
+        vae, te = frozen["vae"], frozen["text_encoder"]
+        with torch.no_grad():
+            x = vae.encode(batch["pixel_values"].to(vae.dtype)).latent_dist.sample(
+                generator=torch.Generator().manual_seed(batch["noise_seed"])) * vae.config.scaling_factor
+            x = x.float()
+            cond = encode_prompts(self.tokenizer, te, batch["caption"])
+            uncond = encode_prompts(self.tokenizer, te, [""] * len(x)) if batch["cfg"] else None
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x)
+        t, t_mid, t_end = batch["t"].to(x.device).unbind(1)
+        a_t, s_t = alpha_sigma(self.scheduler, t, x.ndim)
+        z_t = a_t * x + s_t * eps
+
+        def as_v(unet):
+            return lambda z, tt, ctx: unet(z, tt, ctx).sample
+
+        l_dstl, v_cond = step_distillation_loss(as_v(models["unet"]), as_v(frozen["teacher"]), z_t, t, t_mid, t_end,
+                                                self.scheduler, cond, uncond, batch["w"] if batch["cfg"] else None)
+        l_dstl, l_ori = l_dstl.mean(), v_prediction_loss(v_cond, x, eps, a_t, s_t).mean()
+        gamma = auto_gamma(l_dstl, l_ori) if self.opts.gamma == "auto" else float(self.opts.gamma)
+        loss = l_dstl + gamma * l_ori  # L = L_dstl + gamma L_ori
+        return loss, {"l_dstl": l_dstl.item(), "l_ori": l_ori.item(), "gamma": float(gamma),
+                      "cfg": float(batch["cfg"])}
+
+    # ------------------------------------------------------------------ monitoring
+    def _pipeline(self, unet, frozen):
+        from pocketdiff.sampling.pipeline import TextToImagePipeline, make_scheduler
+
+        return TextToImagePipeline(unet=unet, vae=frozen["vae"], text_encoder=frozen["text_encoder"],
+                                   tokenizer=self.tokenizer, scheduler=make_scheduler("ddim", self.sched_config))
+
+    def sample(self, models, frozen, rng):
+        pipe = self._pipeline(models["unet"], frozen)
+        gen = pipe(self.opts.sample_prompts, num_inference_steps=self.opts.student_steps,
+                   guidance_scale=self.opts.eval_guidance, seed=0)
+        return make_grid(gen.images, cols=len(self.opts.sample_prompts))
+
+    def evaluate(self, models, frozen):
+        if not self.opts.eval_prompts:
+            return {}
+        from pocketdiff.data.shapes import heldout_prompts
+        from pocketdiff.evaluation.judge import evaluate as judge
+
+        n, out = self.opts.eval_prompts // 2, {}
+        pipe = self._pipeline(models["unet"], frozen)
+        for name in ("heldout-single", "heldout-two"):
+            prompts = [p for p, _ in heldout_prompts(name)[:n]]
+            gen = pipe(prompts, num_inference_steps=self.opts.student_steps, guidance_scale=self.opts.eval_guidance,
+                       seed=0)
+            out[f"acc_{name.split('-')[1]}"] = judge(list(gen.images), prompts)["accuracy"]
+        return out
+
+    def export(self, models, frozen, export_dir):
+        export_dir = Path(export_dir)
+        tmp = export_dir.with_name(export_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        models["unet"].save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "distillation.json").write_text(json.dumps({"method": "snapfusion-cfg-aware-step-distillation",
+                                                           **asdict(self.opts)}, indent=1))
+        shutil.rmtree(export_dir, ignore_errors=True)
+        tmp.replace(export_dir)

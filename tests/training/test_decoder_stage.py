@@ -1,0 +1,71 @@
+"""Decoder stage: quick runs on the quick model dir (tiny student on pipeline latents, pruned student on encoder
+latents); the export is a drop-in VAE for load_pipeline with the teacher's encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pocketdiff.errors import DataError
+from pocketdiff.pruning.decoder import SlimAutoencoderKL, decoder_widths, load_vae_dir
+from pocketdiff.pruning.tiny_decoder import TinyDecoder
+from pocketdiff.training.stages.vae import build_vae
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/shapes/decoder.yaml"
+
+
+def _same_encoder(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
+    return bool(keys) and all(torch.equal(sa[k], sb[k]) for k in keys)
+
+
+def test_decoder_stage_quick_cli(quick_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from pocketdiff.cli.train import app
+    from pocketdiff.sampling.pipeline import load_pipeline
+
+    out, export = tmp_path / "run", tmp_path / "vae_tiny"
+    result = CliRunner().invoke(app, [
+        "decoder", "--config", str(CONFIG), "--preset", "quick", "--out", str(out),
+        "--set", f"export_dir={export}", "--set", f"options.model_dir={quick_model_dir}",
+        "--json", str(tmp_path / "summary.json")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["eval_psnr"] > 0
+    assert summary["student_decoder_params"] < summary["teacher_decoder_params"]
+    assert (out / "samples" / "step_000003.png").is_file()
+
+    student, teacher = load_vae_dir(export), load_vae_dir(quick_model_dir / "vae")
+    assert isinstance(student, SlimAutoencoderKL) and isinstance(student.decoder, TinyDecoder)
+    assert student.config.scaling_factor == teacher.config.scaling_factor and _same_encoder(student, teacher)
+    assert json.loads((export / "pruning.json").read_text())["student"] == "tiny"
+    pipe = load_pipeline(quick_model_dir, vae_dir=export)  # drops in: same latent interface
+    assert isinstance(pipe.vae, SlimAutoencoderKL)
+    assert pipe("a red circle", num_inference_steps=1, guidance_scale=1.0).images.shape == (1, 64, 64, 3)
+
+
+def test_decoder_stage_pruned_encoder_latents(quick_model_dir, tmp_path):
+    from pocketdiff.cli.train import run_stage
+
+    torch.manual_seed(0)
+    build_vae((16, 16, 32), norm_num_groups=8).save_pretrained(str(tmp_path / "teacher"))  # prunable: 2-4 ch/group
+    opts = {"model_dir": str(quick_model_dir), "teacher_vae": str(tmp_path / "teacher"), "student": "pruned",
+            "latents": "encoder"}
+    summary = run_stage("decoder", CONFIG, "quick", tmp_path / "run",
+                        overrides={"export_dir": str(tmp_path / "pruned"), "max_steps": 2, "sample_every": 0,
+                                   "options": opts})
+    assert summary["step"] == 2 and "eval_psnr" in summary
+    student = load_vae_dir(tmp_path / "pruned")
+    assert decoder_widths(student) == [8, 8, 16] and _same_encoder(student, load_vae_dir(tmp_path / "teacher"))
+
+    # student_dir must hold the student kind asked for
+    with pytest.raises(DataError, match="student_dir"):
+        run_stage("decoder", CONFIG, "quick", tmp_path / "run2", overrides={
+            "export_dir": str(tmp_path / "x"),
+            "options": {**opts, "student": "tiny", "student_dir": str(tmp_path / "pruned")}})
