@@ -19,4 +19,5 @@ def test_sd15_full_size_matches_diffusers():
     x, c = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 77, 768, generator=g)
     with torch.no_grad():
         diff = (ref(x, 500, c).sample - ours(x, 500, c).sample).abs().max().item()
+    print(f"max abs diff {diff:.2e}")
     assert diff < 1e-4

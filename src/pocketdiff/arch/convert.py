@@ -51,7 +51,7 @@ def spec_from_diffusers_config(cfg: dict) -> ArchSpec:
     mid = [ResSpec(), TfSpec(heads=heads[-1]), ResSpec()] if mid_type else []
     return ArchSpec.from_dict(dict(
         name="sd15-from-diffusers", channels=channels, down=down, mid=mid, up=up, in_channels=get("in_channels", 4),
-        out_channels=get("out_channels", 4), sample_size=get("sample_size", 64),
+        out_channels=get("out_channels", 4), sample_size=get("sample_size") or 64,  # diffusers allows None
         cross_attention_dim=get("cross_attention_dim", 768), norm_groups=get("norm_num_groups", 32),
     ))
 

@@ -181,18 +181,20 @@ def demo(
 
 
 def demo_variants(model: Path) -> list[dict]:
-    """The rows of the demo table: the teacher at 50 steps, plus every shipped later-stage model found beside it."""
-    rows = [{"name": "teacher", "steps": 50, "guidance": 3.0, "scheduler": "ddim"}]
-    extra = model / "demo.json"  # later stages (students, pruned decoder) register their rows here
-    if extra.is_file():
-        import json
+    """The rows of the demo table, from `MODEL/demo.json` (each stage that ships a model adds its row there: name,
+    steps, guidance, scheduler, and optionally unet/vae subdirectories); without it, the teacher at 50 DDIM steps."""
+    import json
 
-        for r in json.loads(extra.read_text()):
-            r = dict(r)
-            for k in ("unet", "vae"):
-                if r.get(k):
-                    r[k] = model / r[k]
-            rows.append(r)
+    index = model / "demo.json"
+    if not index.is_file():
+        return [{"name": "teacher", "steps": 50, "guidance": 3.0, "scheduler": "ddim"}]
+    rows = []
+    for r in json.loads(index.read_text()):
+        r = {"scheduler": "ddim", **r}
+        for k in ("unet", "vae"):
+            if r.get(k):
+                r[k] = model / r[k]
+        rows.append(r)
     return rows
 
 

@@ -1,0 +1,27 @@
+"""The model shipped in models/shapes/: complete, small, and it runs (its quality is measured in docs/shapes-world.md)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "shapes"
+pytestmark = pytest.mark.skipif(not (MODEL / "unet").is_dir(), reason="no shipped shapes-world model")
+
+
+def test_shipped_weights_are_small_safetensors():
+    files = list(MODEL.rglob("*"))
+    weights = [f for f in files if f.suffix == ".safetensors"]
+    assert weights and not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    assert sum(f.stat().st_size for f in files if f.is_file()) <= 60 * 2**20
+
+
+def test_shipped_pipeline_generates_deterministically():
+    from pocketdiff.sampling.pipeline import load_pipeline
+
+    pipe = load_pipeline(MODEL)
+    a = pipe(["a red circle on the left", "a blue square above a yellow triangle"], num_inference_steps=4,
+             guidance_scale=3.0, seed=0).images
+    b = pipe(["a red circle on the left", "a blue square above a yellow triangle"], num_inference_steps=4,
+             guidance_scale=3.0, seed=0).images
+    assert a.shape == (2, 64, 64, 3) and np.array_equal(a, b)
