@@ -43,3 +43,13 @@ def test_teacher_is_v_prediction_on_the_sd15_topology(quick_model_dir):
 
     sched = json.loads((quick_model_dir / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == "v_prediction"
+
+
+def test_warm_start_from_a_saved_unet(quick_model_dir):
+    from pocketdiff.arch import FlexUNet
+
+    stage = quick_stage(quick_model_dir)
+    stage.opts.init_unet = str(quick_model_dir / "unet")
+    unet = stage.build()["unet"]
+    saved = FlexUNet.from_pretrained(quick_model_dir / "unet")
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), saved.state_dict().values()))

@@ -37,6 +37,7 @@ class TeacherStage(Stage):
         width: float = 0.125
         depth: float = 1.0
         head_dim: int | None = None  # override every transformer's head width (None: the preset's heads)
+        init_unet: str | None = None  # warm start: a saved FlexUNet directory of the same spec (e.g. to train on)
         prediction_type: str = "v_prediction"
         beta_schedule: str = "squaredcos_cap_v2"  # cosine (Nichol & Dhariwal): SD's scaled_linear is for 64x64 latents
         num_train_timesteps: int = 1000
@@ -91,7 +92,10 @@ class TeacherStage(Stage):
         from pocketdiff.training.stages.vae import open_dataset
 
         self.dataset = open_dataset(self.opts.data)
-        return {"unet": FlexUNet.from_spec(spec)}
+        unet = FlexUNet.from_spec(spec)
+        if self.opts.init_unet:
+            unet.load_weights(FlexUNet.from_pretrained(self.opts.init_unet).state_dict())
+        return {"unet": unet}
 
     # ------------------------------------------------------------------ training
     def get_batch(self, rng):
