@@ -42,8 +42,8 @@ import torch
 from pocketdiff.training.config import ConfigError
 from pocketdiff.training.distill import (alpha_sigma, auto_gamma, distillation_grid, step_distillation_loss,
                                          v_prediction_loss)
-from pocketdiff.training.loop import Stage, make_grid
-from pocketdiff.training.stages.teacher import SAMPLE_PROMPTS
+from pocketdiff.training.loop import Stage
+from pocketdiff.training.stages.teacher import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
 
 
 def load_flexunet(path: str | Path):
@@ -206,32 +206,13 @@ class DistillStage(Stage):
                       "cfg": float(batch["cfg"])}
 
     # ------------------------------------------------------------------ monitoring
-    def _pipeline(self, unet, frozen):
-        from pocketdiff.sampling.pipeline import TextToImagePipeline, make_scheduler
-
-        return TextToImagePipeline(unet=unet, vae=frozen["vae"], text_encoder=frozen["text_encoder"],
-                                   tokenizer=self.tokenizer, scheduler=make_scheduler("ddim", self.sched_config))
-
     def sample(self, models, frozen, rng):
-        pipe = self._pipeline(models["unet"], frozen)
-        gen = pipe(self.opts.sample_prompts, num_inference_steps=self.opts.student_steps,
-                   guidance_scale=self.opts.eval_guidance, seed=0)
-        return make_grid(gen.images, cols=len(self.opts.sample_prompts))
+        pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
+        return sample_grid(pipe, self.opts.sample_prompts, self.opts.student_steps, self.opts.eval_guidance)
 
     def evaluate(self, models, frozen):
-        if not self.opts.eval_prompts:
-            return {}
-        from pocketdiff.data.shapes import heldout_prompts
-        from pocketdiff.evaluation.judge import evaluate as judge
-
-        n, out = self.opts.eval_prompts // 2, {}
-        pipe = self._pipeline(models["unet"], frozen)
-        for name in ("heldout-single", "heldout-two"):
-            prompts = [p for p, _ in heldout_prompts(name)[:n]]
-            gen = pipe(prompts, num_inference_steps=self.opts.student_steps, guidance_scale=self.opts.eval_guidance,
-                       seed=0)
-            out[f"acc_{name.split('-')[1]}"] = judge(list(gen.images), prompts)["accuracy"]
-        return out
+        pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
+        return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.student_steps, self.opts.eval_guidance)
 
     def export(self, models, frozen, export_dir):
         export_dir = Path(export_dir)

@@ -7,6 +7,7 @@ Exports `unet/` (FlexUNet) and `scheduler/` into `model_dir` and writes `model_i
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,43 +127,52 @@ class TeacherStage(Stage):
         return loss, {}
 
     # ------------------------------------------------------------------ monitoring
-    def _pipeline(self, unet, frozen):
-        from pocketdiff.sampling.pipeline import TextToImagePipeline, make_scheduler
-
-        return TextToImagePipeline(unet=unet, vae=frozen["vae"], text_encoder=frozen["text_encoder"],
-                                   tokenizer=self.tokenizer, scheduler=make_scheduler("ddim", self.scheduler.config))
-
     def sample(self, models, frozen, rng):
-        pipe = self._pipeline(models["unet"], frozen)
-        gen = pipe(self.opts.sample_prompts, num_inference_steps=self.opts.eval_steps,
-                   guidance_scale=self.opts.eval_guidance, seed=0)
-        return make_grid(gen.images, cols=len(self.opts.sample_prompts))
+        pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.scheduler.config)
+        return sample_grid(pipe, self.opts.sample_prompts, self.opts.eval_steps, self.opts.eval_guidance)
 
     def evaluate(self, models, frozen):
-        if not self.opts.eval_prompts:
-            return {}
-        from pocketdiff.evaluation.judge import evaluate as judge
-        from pocketdiff.data.shapes import heldout_prompts
-
-        n = self.opts.eval_prompts // 2
-        out = {}
-        pipe = self._pipeline(models["unet"], frozen)
-        for name in ("heldout-single", "heldout-two"):
-            prompts = [p for p, _ in heldout_prompts(name)[:n]]
-            gen = pipe(prompts, num_inference_steps=self.opts.eval_steps, guidance_scale=self.opts.eval_guidance,
-                       seed=0)
-            out[f"acc_{name.split('-')[1]}"] = judge(list(gen.images), prompts)["accuracy"]
-        return out
+        pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.scheduler.config)
+        return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.eval_steps, self.opts.eval_guidance)
 
     def export(self, models, frozen, export_dir):
         from pocketdiff.sampling.pipeline import write_model_index
 
-        root = Path(self.opts.model_dir)
-        unet_dir = Path(export_dir)
-        models["unet"].save_pretrained(str(unet_dir) + ".tmp", safe_serialization=True)
-        import shutil
-
+        root, unet_dir = Path(self.opts.model_dir), Path(export_dir)
+        tmp = unet_dir.with_name(unet_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        models["unet"].save_pretrained(str(tmp), safe_serialization=True)
         shutil.rmtree(unet_dir, ignore_errors=True)
-        Path(str(unet_dir) + ".tmp").replace(unet_dir)
+        tmp.replace(unet_dir)
         self.scheduler.save_pretrained(root / "scheduler")
         write_model_index(root)
+
+
+# ---------------------------------------------------------------------- monitoring shared by the diffusion stages
+
+def monitor_pipeline(unet, frozen: dict, tokenizer, scheduler_config):
+    """A DDIM pipeline around a UNet being trained and the stage's frozen VAE and text encoder."""
+    from pocketdiff.sampling.pipeline import TextToImagePipeline, make_scheduler
+
+    return TextToImagePipeline(unet=unet, vae=frozen["vae"], text_encoder=frozen["text_encoder"],
+                               tokenizer=tokenizer, scheduler=make_scheduler("ddim", scheduler_config))
+
+
+def sample_grid(pipe, prompts: list[str], steps: int, guidance: float):
+    return make_grid(pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=0).images,
+                     cols=len(prompts))
+
+
+def heldout_accuracy(pipe, n_prompts: int, steps: int, guidance: float) -> dict[str, float]:
+    """Judged accuracy on the first n_prompts/2 prompts of each held-out set (fixed seeds): acc_single, acc_two."""
+    if not n_prompts:
+        return {}
+    from pocketdiff.data.shapes import heldout_prompts
+    from pocketdiff.evaluation.judge import evaluate as judge
+
+    out = {}
+    for name in ("heldout-single", "heldout-two"):
+        prompts = [p for p, _ in heldout_prompts(name)[: n_prompts // 2]]
+        images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=0).images
+        out[f"acc_{name.split('-')[1]}"] = judge(list(images), prompts)["accuracy"]
+    return out
