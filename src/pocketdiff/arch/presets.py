@@ -171,8 +171,10 @@ def get_spec(name: str, width: float = 1.0, depth: float = 1.0, **overrides) -> 
     d = {**layout, "name": name}
     if width != 1.0:
         ch = [_round8(c * width) for c in layout["channels"]]
+        # GroupNorm groups: at most SD's 32, and at least 4 channels per group. With 1 channel per group GroupNorm
+        # is instance norm and removes each channel's mean, i.e. the flat colours this domain is made of.
         g = math.gcd(*ch)
-        groups = max(d for d in range(1, 33) if g % d == 0)  # largest GroupNorm group count <= 32 that fits
+        groups = max(d for d in range(1, 33) if g % d == 0 and (g // d >= 4 or d == 1))
         d.update(channels=ch, norm_groups=groups, name=f"{name}@w{width:g}")
         # keep head counts valid: a head width that no longer divides the channels falls back to 8 heads or fewer
         def fix(b):

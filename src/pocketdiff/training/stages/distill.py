@@ -98,6 +98,7 @@ class DistillStage(Stage):
         gamma: float | str = "auto"  # weight of L_ori: "auto" (L_dstl / L_ori per batch) or a number (0.2)
         mix: Literal["batch", "sample"] = "batch"  # draw CFG-vs-vanilla once per batch or per sample
         cfg_dropout: float = 0.1  # captions -> "" (keeps the student's unconditional v taught)
+        latent_sample: bool = False  # VAE posterior samples instead of means, as the teacher was trained
         two_object_fraction: float = 0.5
         data: str = "shapes"
         eval_prompts: int = 48  # held-out prompts judged at each evaluation (half single, half two objects)
@@ -181,12 +182,12 @@ class DistillStage(Stage):
 
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
+        from pocketdiff.training.stages.vae import encode_latents
 
         vae, te = frozen["vae"], frozen["text_encoder"]
         with torch.no_grad():
-            x = vae.encode(batch["pixel_values"].to(vae.dtype)).latent_dist.sample(
-                generator=torch.Generator().manual_seed(batch["noise_seed"])) * vae.config.scaling_factor
-            x = x.float()
+            x = encode_latents(vae, batch["pixel_values"], sample=self.opts.latent_sample,
+                               generator=torch.Generator().manual_seed(batch["noise_seed"])).float()
             cond = encode_prompts(self.tokenizer, te, batch["caption"])
             uncond = encode_prompts(self.tokenizer, te, [""] * len(x)) if batch["cfg"] else None
         eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x)

@@ -43,6 +43,7 @@ class TeacherStage(Stage):
         beta_schedule: str = "squaredcos_cap_v2"  # cosine (Nichol & Dhariwal): SD's scaled_linear is for 64x64 latents
         num_train_timesteps: int = 1000
         cfg_dropout: float = 0.1
+        latent_sample: bool = False  # train on VAE posterior samples (SD) instead of means (see encode_latents)
         two_object_fraction: float = 0.5
         data: str = "shapes"
         eval_prompts: int = 48  # held-out prompts judged at each evaluation (half single, half two objects)
@@ -111,12 +112,13 @@ class TeacherStage(Stage):
 
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
+        from pocketdiff.training.stages.vae import encode_latents
 
         unet = models["unet"]
         vae, te = frozen["vae"], frozen["text_encoder"]
         with torch.no_grad():
-            x0 = vae.encode(batch["pixel_values"].to(vae.dtype)).latent_dist.sample(
-                generator=torch.Generator().manual_seed(batch["noise_seed"])) * vae.config.scaling_factor
+            x0 = encode_latents(vae, batch["pixel_values"], sample=self.opts.latent_sample,
+                                generator=torch.Generator().manual_seed(batch["noise_seed"]))
             ctx = encode_prompts(self.tokenizer, te, batch["caption"])
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
         t = batch["t"].to(x0.device)

@@ -1,8 +1,8 @@
 """Stage `vae`: a small diffusers `AutoencoderKL` (64x64x3 -> 16x16x4), reconstruction + tiny KL, no GAN.
 
-After training, `scaling_factor` = 1 / std of the latents of `scaling_samples` training images is written into the
-exported config (SD-1.5's 0.18215 is the same statistic for its VAE), so `latents * scaling_factor` has unit
-variance for the diffusion model. `evaluate_vae` measures PSNR on held-out scenes (`heldout_prompts` scenes
+After training, `scaling_factor` = 1 / std of the latents (posterior means, see `encode_latents`) of
+`scaling_samples` training images is written into the exported config (SD-1.5's 0.18215 is the same statistic for
+its VAE), so `latents * scaling_factor` has unit variance for the diffusion model. `evaluate_vae` measures PSNR on held-out scenes (`heldout_prompts` scenes
 rendered with a seed the training stream never uses).
 """
 
@@ -79,6 +79,20 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     if not (path / "config.json").is_file():
         raise ModelDirError(f"{path}: no VAE config.json (train one with `pocketdiff train vae`)")
     return AutoencoderKL.from_pretrained(str(path))
+
+
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, sample: bool = False,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Diffusion-scale latents of images: the posterior mean (default) or a posterior sample, times scaling_factor.
+
+    Why the mean by default (SD-1.5 samples, but its posterior std is negligible): this small VAE's posterior std
+    averages 0.64 against a spread of 0.71 in its means, so a UNet trained on samples spent ~45% of its target
+    variance on irreducible noise (its v-loss plateaued at 0.72 and the shipped teacher judged 47% right). Decoding the
+    mean loses nothing: held-out PSNR 32.3 dB from means vs 32.0 dB from samples.
+    """
+    posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    z = posterior.sample(generator=generator) if sample else posterior.mode()
+    return z * vae.config.scaling_factor
 
 
 def image_batch(data: str, rng: np.random.Generator, batch_size: int, two_object_fraction: float, dataset=None):
@@ -161,7 +175,7 @@ class VAEStage(Stage):
         for start in range(0, self.opts.scaling_samples, 64):
             n = min(64, self.opts.scaling_samples - start)
             x = image_batch(self.opts.data, rng, n, self.opts.two_object_fraction, self.dataset)["pixel_values"]
-            latents.append(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.sample().float())
+            latents.append(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mode().float())
         return torch.cat(latents).std().item()
 
     def export(self, models, frozen, export_dir: Path) -> None:
