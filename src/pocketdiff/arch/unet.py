@@ -110,6 +110,9 @@ class FlexUNet(ModelMixin, ConfigMixin):
         # Blocks to run as identity: robust training (random per step) and architecture evolving (chosen). Only
         # blocks that keep the tensor's shape may be skipped; see `droppable()`.
         self.skipped: set[BlockKey] = set()
+        # Feature distillation: when a dict, forward stores each stage's output in it ("down0".., "mid", "up0"..):
+        # a down level's output before its downsampler, the mid output, an up level's output before its upsampler.
+        self.capture: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ structure helpers
     @classmethod
@@ -165,12 +168,16 @@ class FlexUNet(ModelMixin, ConfigMixin):
             if spec.down[lvl]:
                 rec.append(h)
             skips.append(rec)
+            if self.capture is not None:
+                self.capture[f"down{lvl}"] = h
             if level.sampler is not None:
                 h = level.sampler(h)
 
         # 4. mid
         for i, mod in enumerate(self.mid_blocks):
             h = self._run(("mid", spec.num_levels - 1, i), mod, h, temb, ctx)
+        if self.capture is not None:
+            self.capture["mid"] = h
 
         # 5. up: each res block merges the last unconsumed skip of its level
         for lvl in reversed(range(spec.num_levels)):
@@ -181,6 +188,8 @@ class FlexUNet(ModelMixin, ConfigMixin):
                     h = mod(h, temb)  # a res block that merges a skip is never skipped
                 else:
                     h = self._run(("up", lvl, i), mod, h, temb, ctx)
+            if self.capture is not None:
+                self.capture[f"up{lvl}"] = h
             if level.sampler is not None:
                 h = level.sampler(h)
 

@@ -14,7 +14,7 @@ from ..errors import PocketDiffError
 
 
 def build_app() -> typer.Typer:
-    from . import arch, distill, generate, profile, prune, sweep, train
+    from . import arch, distill, evolve, generate, profile, prune, sweep, train
 
     app = typer.Typer(help="Efficient mobile text-to-image diffusion (SnapFusion, MobileDiffusion).",
                       no_args_is_help=True, pretty_exceptions_enable=False)
@@ -25,6 +25,7 @@ def build_app() -> typer.Typer:
     profile.register(app)
     generate.register(app)
     sweep.register(app)
+    evolve.register(app)
     return app
 
 

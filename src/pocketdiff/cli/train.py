@@ -73,7 +73,36 @@ def _command(name: str):
 
 
 for _name in STAGES:
-    app.command(_name)(_command(_name))
+    if _name != "student":
+        app.command(_name)(_command(_name))
+
+
+@app.command("student")
+def student(
+    teacher: Path = typer.Option(None, "--teacher", help="trained model dir (its unet/ teaches) [config: models/shapes]"),
+    arch: str = typer.Option(None, "--arch", help="student: preset name, spec file or FlexUNet dir [default: teacher's]"),
+    p_drop_tf: float = typer.Option(None, help="robust training: P(transformer block -> identity) per step"),
+    p_drop_res: float = typer.Option(None, help="robust training: P(ResNet block -> identity) per step"),
+    config: Path = typer.Option(Path("configs/shapes/student.yaml"), "--config", "-c"),
+    preset: str = typer.Option(None, "--preset", "-p"),
+    out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
+    export: Path = typer.Option(None, "--export", help="where the trained student goes [config's export_dir]"),
+    resume: bool = typer.Option(False, "--resume"),
+    json_path: Path = typer.Option(None, "--json"),
+    set_: list[str] = typer.Option(None, "--set", help="override a config key: --set options.w_feat=0.5"),
+) -> None:
+    """Distil a student UNet from the teacher (task + output + feature losses) with robust training."""
+    flags = {"teacher_dir": teacher and str(teacher), "arch": arch, "p_drop_tf": p_drop_tf, "p_drop_res": p_drop_res}
+    overrides = parse_set(set_)
+    overrides.setdefault("options", {}).update({k: v for k, v in flags.items() if v is not None})
+    if export is not None:
+        overrides["export_dir"] = str(export)
+    summary = run_stage("student", config, preset, out, resume, json_path, overrides)
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    if summary["stopped"] == "interrupted":
+        typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
+        raise typer.Exit(130)
 
 
 if __name__ == "__main__":

@@ -142,8 +142,10 @@ def load_lut(path: str | Path) -> dict:
     return lut
 
 
-def block_latencies(spec: ArchSpec, lut: dict, resolution: int | None = None) -> dict[tuple, float]:
-    """ms of every block of `spec` from the table, keyed (path, level, index): dLatency of removing that block."""
+def block_latencies(spec: ArchSpec, lut: dict, resolution: int | None = None, field: str = "ms_median"
+                    ) -> dict[tuple, float]:
+    """ms of every block of `spec` from the table, keyed (path, level, index): dLatency of removing that block.
+    `field="macs"`: the blocks' multiply-accumulates instead (the FLOPs criterion of the evolving control)."""
     latent = latent_size(spec, resolution or lut["resolution"])
     out, missing = {}, []
     for u in iter_block_units(spec, latent, lut.get("context_len", CONTEXT_LEN)):
@@ -151,7 +153,7 @@ def block_latencies(spec: ArchSpec, lut: dict, resolution: int | None = None) ->
         if e is None:
             missing.append(u.signature)
         else:
-            out[u.key] = float(e["ms_median"])
+            out[u.key] = float(e[field])
     if missing:
         raise LutError(f"the lookup table has no entry for {len(missing)} block(s) of {spec.name}, first: "
                        f"{missing[0]}; profile a model with these blocks (`pocketdiff profile ... --lut`)")

@@ -12,6 +12,7 @@ from pocketdiff.training.stages.clip import CLIPStage
 from pocketdiff.training.stages.decoder import DecoderStage
 from pocketdiff.training.stages.distill import DistillStage
 from pocketdiff.training.stages.tokenizer import TokenizerStage
+from pocketdiff.training.stages.student import StudentStage
 from pocketdiff.training.stages.teacher import TeacherStage
 from pocketdiff.training.stages.vae import VAEStage
 
@@ -22,6 +23,7 @@ STAGES: dict[str, type[Stage]] = {
     "teacher": TeacherStage,
     "decoder": DecoderStage,
     "distill": DistillStage,
+    "student": StudentStage,
 }
 
 

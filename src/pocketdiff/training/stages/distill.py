@@ -60,6 +60,28 @@ def load_flexunet(path: str | Path):
     return FlexUNet.from_diffusers(path)
 
 
+def load_teacher(teacher_dir: str | Path, teacher_unet: str | Path | None = None):
+    """A trained model directory as frozen training context: (scheduler config, tokenizer, {"teacher": FlexUNet,
+    "vae", "text_encoder"}). The teacher must predict v; `teacher_unet` swaps in another UNet directory."""
+    from transformers import CLIPTextModel
+
+    from pocketdiff.text.tokenizer import load_tokenizer
+    from pocketdiff.training.stages.vae import load_vae
+
+    root = Path(teacher_dir)
+    sched_file = next((root / "scheduler").glob("*.json"), None)
+    if sched_file is None:
+        raise ConfigError(f"options.teacher_dir: {root} has no scheduler/*.json (a trained model dir is needed)")
+    sched_config = json.loads(sched_file.read_text())
+    if sched_config.get("prediction_type") != "v_prediction":
+        raise ConfigError(f"{root}: the teacher must predict v (SnapFusion fine-tunes it to v-prediction first), "
+                          f"its scheduler says {sched_config.get('prediction_type')!r}")
+    teacher = load_flexunet(teacher_unet or root / "unet").eval().requires_grad_(False)
+    frozen = {"teacher": teacher, "vae": load_vae(root / "vae"),
+              "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"))}
+    return sched_config, load_tokenizer(root / "tokenizer"), frozen
+
+
 def student_spec(name: str, teacher_spec, depth: float = 1.0):
     """A preset name or spec file, fitted to the teacher: width from the teacher's first channel count, the teacher's
     latent size, channels in/out, context width, and (if the teacher fixes it) its attention head width."""
@@ -126,19 +148,10 @@ class DistillStage(Stage):
     def build_frozen(self):
         if getattr(self, "_frozen", None) is not None:
             return self._frozen
-        from transformers import CLIPTextModel
+        from pocketdiff.training.stages.vae import open_dataset
 
-        from pocketdiff.text.tokenizer import load_tokenizer
-        from pocketdiff.training.stages.vae import load_vae, open_dataset
-
-        o, root = self.opts, Path(self.opts.teacher_dir)
-        sched_file = next((root / "scheduler").glob("*.json"), None)
-        if sched_file is None:
-            raise ConfigError(f"options.teacher_dir: {root} has no scheduler/*.json (a trained model dir is needed)")
-        self.sched_config = json.loads(sched_file.read_text())
-        if self.sched_config.get("prediction_type") != "v_prediction":
-            raise ConfigError(f"{root}: the teacher must predict v (SnapFusion fine-tunes it to v-prediction first), "
-                              f"its scheduler says {self.sched_config.get('prediction_type')!r}")
+        o = self.opts
+        self.sched_config, self.tokenizer, self._frozen = load_teacher(o.teacher_dir, o.teacher_unet)
         from diffusers import DDPMScheduler
 
         self.scheduler = DDPMScheduler.from_config(self.sched_config)
@@ -146,11 +159,7 @@ class DistillStage(Stage):
             self.grid = distillation_grid(self.sched_config, o.teacher_steps, o.student_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.tokenizer = load_tokenizer(root / "tokenizer")
         self.dataset = open_dataset(o.data)
-        teacher = load_flexunet(o.teacher_unet or root / "unet").eval().requires_grad_(False)
-        self._frozen = {"teacher": teacher, "vae": load_vae(root / "vae"),
-                        "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"))}
         return self._frozen
 
     def build(self):

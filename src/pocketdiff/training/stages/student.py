@@ -1,0 +1,177 @@
+"""Stage `student`: an efficient UNet distilled from the teacher (BK-SDM's losses) with SnapFusion's robust training.
+
+    pocketdiff train student --teacher models/shapes --arch mobilediffusion      # any preset, spec file or UNet dir
+    pocketdiff train student --teacher models/shapes --p-drop-tf 0.1 --p-drop-res 0.05   # robust training
+
+The student is initialised from the teacher's blocks (`FlexUNet.from_teacher`: kept blocks copied, added ones
+duplicated) or continues a saved FlexUNet directory (`arch: DIR`, e.g. a round of `pocketdiff evolve`). Each step
+
+    L = w_task ||v_S - v||^2 + w_out ||v_S - v_T||^2 + w_feat mean_s ||f_S,s - f_T,s||^2
+
+(BK-SDM, Kim et al. 2023, eq. 1-3: task loss, output distillation, feature distillation), with the stage outputs f_s
+matched by name: each down level's output, the mid output, each up level's output (`FlexUNet.capture`). Stages whose
+shapes differ between student and teacher (other channel widths) are left out of the feature loss.
+
+Robust training (SnapFusion sec. 3.2, "stochastic forward propagation"): at every step each droppable transformer
+block of the student is replaced by identity with probability `p_drop_tf` and each droppable ResNet with
+`p_drop_res` (`FlexUNet.droppable()`: ResNets that change the width or merge a skip are never dropped; in SD-1.5's
+topology those are the first ResNet of down levels 1-2 and every up-path ResNet). SnapFusion gives no value; the
+default 0.1 / 0.05 is our choice (docs/evolving.md has the sweep). The teacher always runs whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pocketdiff.training.config import ConfigError
+from pocketdiff.training.loop import Stage
+from pocketdiff.training.stages.distill import load_flexunet, load_teacher, student_spec
+from pocketdiff.training.stages.teacher import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
+
+
+def sample_dropped(unet, rng, p_tf: float, p_res: float) -> set:
+    """Robust training: the blocks to run as identity this step, each droppable block independently."""
+    from pocketdiff.arch.blocks import TransformerBlock
+
+    return {key for key in unet.droppable()
+            if rng.random() < (p_tf if isinstance(unet.block(key), TransformerBlock) else p_res)}
+
+
+class StudentStage(Stage):
+    """A student UNet distilled from the teacher (task + output + feature losses), optionally robust-trained."""
+
+    name = "student"
+
+    @dataclass
+    class Options:
+        teacher_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/, scheduler/, unet/ (the teacher)
+        arch: str | None = None  # None: the teacher's own spec | preset name | spec file | FlexUNet directory
+        student_depth: float = 1.0  # for a preset student (its width follows the teacher's channels)
+        w_task: float = 1.0
+        w_out: float = 1.0
+        w_feat: float = 1.0
+        p_drop_tf: float = 0.1  # robust training: P(transformer block -> identity) per step
+        p_drop_res: float = 0.05  # ... and for droppable ResNet blocks
+        cfg_dropout: float = 0.1
+        latent_sample: bool = False
+        two_object_fraction: float = 0.5
+        data: str = "shapes"
+        eval_prompts: int = 48
+        eval_steps: int = 20
+        eval_guidance: float = 3.0
+        sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
+
+        def __post_init__(self) -> None:
+            for name in ("p_drop_tf", "p_drop_res", "cfg_dropout"):
+                if not 0 <= getattr(self, name) < 1:
+                    raise ConfigError(f"{name}: {getattr(self, name)} must be in [0, 1)")
+            for name in ("w_task", "w_out", "w_feat"):
+                if getattr(self, name) < 0:
+                    raise ConfigError(f"{name}: {getattr(self, name)} must be >= 0")
+
+    # ------------------------------------------------------------------ setup
+    def build_frozen(self):
+        if getattr(self, "_frozen", None) is not None:
+            return self._frozen
+        from diffusers import DDPMScheduler
+
+        from pocketdiff.training.stages.vae import open_dataset
+
+        self.sched_config, self.tokenizer, self._frozen = load_teacher(self.opts.teacher_dir)
+        self.scheduler = DDPMScheduler.from_config(self.sched_config)
+        self.dataset = open_dataset(self.opts.data)
+        return self._frozen
+
+    def build(self):
+        from pocketdiff.arch import FlexUNet
+
+        teacher, arch = self.build_frozen()["teacher"], self.opts.arch
+        if arch is None:
+            student = copy.deepcopy(teacher)
+        elif Path(arch).is_dir():
+            student = load_flexunet(arch)
+        else:
+            student, report = FlexUNet.from_teacher(teacher, student_spec(arch, teacher.spec, self.opts.student_depth),
+                                                    report=True)
+            print(f"student from teacher: {report.summary()}")
+        if student.config.in_channels != teacher.config.in_channels:
+            raise ConfigError(f"options.arch: the student takes {student.config.in_channels} latent channels, the "
+                              f"teacher {teacher.config.in_channels}")
+        return {"unet": student.train().requires_grad_(True)}
+
+    # ------------------------------------------------------------------ training
+    def get_batch(self, rng):
+        from pocketdiff.training.stages.vae import image_batch
+
+        o = self.opts
+        b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
+        captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
+        t = rng.integers(0, self.scheduler.config.num_train_timesteps, size=len(captions))
+        return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
+                "noise_seed": int(rng.integers(2**62)), "drop_seed": int(rng.integers(2**62))}
+
+    def compute_loss(self, models, frozen, batch):
+        import numpy as np
+
+        from pocketdiff.text.clip import encode_prompts
+        from pocketdiff.training.stages.vae import encode_latents
+
+        student = models["unet"]
+        student = getattr(student, "module", student)  # unwrap DDP
+        teacher, vae, te = frozen["teacher"], frozen["vae"], frozen["text_encoder"]
+        with torch.no_grad():
+            x0 = encode_latents(vae, batch["pixel_values"], sample=self.opts.latent_sample,
+                                generator=torch.Generator().manual_seed(batch["noise_seed"]))
+            ctx = encode_prompts(self.tokenizer, te, batch["caption"])
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
+        t = batch["t"].to(x0.device)
+        z_t = self.scheduler.add_noise(x0, noise, t)
+        target = self.scheduler.get_velocity(x0, noise, t)
+
+        o = self.opts
+        feats_t, feats_s = {}, {}
+        with torch.no_grad():
+            teacher.capture = feats_t if o.w_feat else None
+            v_teacher = teacher(z_t, t, ctx).sample
+            teacher.capture = None
+        student.skipped = sample_dropped(student, np.random.default_rng(batch["drop_seed"]), o.p_drop_tf, o.p_drop_res)
+        n_dropped = len(student.skipped)
+        student.capture = feats_s if o.w_feat else None
+        try:
+            v_student = student(z_t, t, ctx).sample
+        finally:
+            student.skipped, student.capture = set(), None
+
+        l_task = F.mse_loss(v_student.float(), target.float())
+        l_out = F.mse_loss(v_student.float(), v_teacher.float())
+        shared = [k for k in feats_s if k in feats_t and feats_s[k].shape == feats_t[k].shape]
+        l_feat = (torch.stack([F.mse_loss(feats_s[k].float(), feats_t[k].float()) for k in shared]).mean()
+                  if shared else torch.zeros((), device=x0.device))
+        loss = o.w_task * l_task + o.w_out * l_out + o.w_feat * l_feat
+        return loss, {"l_task": l_task.item(), "l_out": l_out.item(), "l_feat": l_feat.item(),
+                      "dropped": float(n_dropped)}
+
+    # ------------------------------------------------------------------ monitoring
+    def sample(self, models, frozen, rng):
+        pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
+        return sample_grid(pipe, self.opts.sample_prompts, self.opts.eval_steps, self.opts.eval_guidance)
+
+    def evaluate(self, models, frozen):
+        pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
+        return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.eval_steps, self.opts.eval_guidance)
+
+    def export(self, models, frozen, export_dir):
+        export_dir = Path(export_dir)
+        tmp = export_dir.with_name(export_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        models["unet"].save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "student.json").write_text(json.dumps({"method": "kd+robust-training", **asdict(self.opts)}, indent=1))
+        shutil.rmtree(export_dir, ignore_errors=True)
+        tmp.replace(export_dir)
