@@ -48,7 +48,7 @@ def steps(
     set_: list[str] = typer.Option(None, "--set", help="any other config key: --set max_steps=500"),
 ) -> None:
     """Distil a teacher into a student taking half the DDIM steps (one halving per run)."""
-    from pocketdiff.cli.train import run_stage
+    from pocketdiff.cli.train import echo_summary, run_stage
     from pocketdiff.training.config import deep_merge, parse_set
 
     if teacher_steps is None and student_steps is not None:
@@ -60,9 +60,4 @@ def steps(
              "gamma": None if gamma is None else _gamma(gamma)}
     options = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
     overrides = deep_merge({"options": options, **({"export_dir": str(export)} if export else {})}, parse_set(set_))
-    summary = run_stage("distill", config, preset, out, resume, json_path, overrides)
-    for key, value in summary.items():
-        typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-    if summary["stopped"] == "interrupted":
-        typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
-        raise typer.Exit(130)
+    echo_summary(run_stage("distill", config, preset, out, resume, json_path, overrides))

@@ -11,7 +11,6 @@ Rerun the same command to continue a stopped search (state in --out). The lookup
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer

@@ -52,6 +52,15 @@ def run_stage(
     return summary
 
 
+def echo_summary(summary: dict) -> None:
+    """Print a training summary; an interrupted run exits 130 with the way to continue."""
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    if summary["stopped"] == "interrupted":
+        typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
+        raise typer.Exit(130)
+
+
 def _command(name: str):
     def command(
         config: Path = typer.Option(None, "--config", "-c", help=f"YAML config [default: configs/shapes/{name}.yaml]"),
@@ -61,12 +70,7 @@ def _command(name: str):
         json_path: Path = typer.Option(None, "--json", help="write the final summary (metrics, times) as JSON"),
         set_: list[str] = typer.Option(None, "--set", help="override a config key: --set options.kl_weight=1e-5"),
     ) -> None:
-        summary = run_stage(name, config, preset, out, resume, json_path, parse_set(set_))
-        for key, value in summary.items():
-            typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-        if summary["stopped"] == "interrupted":
-            typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
-            raise typer.Exit(130)
+        echo_summary(run_stage(name, config, preset, out, resume, json_path, parse_set(set_)))
 
     command.__doc__ = (STAGES[name].__doc__ or f"Train the {name} stage.").strip().splitlines()[0]
     return command
@@ -97,12 +101,7 @@ def student(
     overrides.setdefault("options", {}).update({k: v for k, v in flags.items() if v is not None})
     if export is not None:
         overrides["export_dir"] = str(export)
-    summary = run_stage("student", config, preset, out, resume, json_path, overrides)
-    for key, value in summary.items():
-        typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-    if summary["stopped"] == "interrupted":
-        typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
-        raise typer.Exit(130)
+    echo_summary(run_stage("student", config, preset, out, resume, json_path, overrides))
 
 
 if __name__ == "__main__":

@@ -156,6 +156,9 @@ def _train(cfg: EvolveConfig, src: Path, dst: Path, run_dir: Path, steps: int, r
 
     if dst.is_dir():
         return  # finished in an earlier session
+    if steps == 0:  # e.g. `init` is already robust-trained
+        shutil.copytree(src, dst)
+        return
     options = {"teacher_dir": cfg.teacher_dir, "arch": str(src)}
     if not robust:
         options.update(p_drop_tf=0.0, p_drop_res=0.0)

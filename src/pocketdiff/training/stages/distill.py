@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,7 +42,8 @@ from pocketdiff.training.config import ConfigError
 from pocketdiff.training.distill import (alpha_sigma, auto_gamma, distillation_grid, step_distillation_loss,
                                          v_prediction_loss)
 from pocketdiff.training.loop import Stage
-from pocketdiff.training.stages.teacher import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
+from pocketdiff.training.stages.teacher import (SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid,
+                                                save_unet)
 
 
 def load_flexunet(path: str | Path):
@@ -225,11 +225,5 @@ class DistillStage(Stage):
         return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.student_steps, self.opts.eval_guidance)
 
     def export(self, models, frozen, export_dir):
-        export_dir = Path(export_dir)
-        tmp = export_dir.with_name(export_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        models["unet"].save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / "distillation.json").write_text(json.dumps({"method": "snapfusion-cfg-aware-step-distillation",
-                                                           **asdict(self.opts)}, indent=1))
-        shutil.rmtree(export_dir, ignore_errors=True)
-        tmp.replace(export_dir)
+        save_unet(models["unet"], export_dir, {"distillation.json": {
+            "method": "snapfusion-cfg-aware-step-distillation", **asdict(self.opts)}})

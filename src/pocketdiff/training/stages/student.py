@@ -22,8 +22,6 @@ default 0.1 / 0.05 is our choice (docs/evolving.md has the sweep). The teacher a
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +31,8 @@ import torch.nn.functional as F
 from pocketdiff.training.config import ConfigError
 from pocketdiff.training.loop import Stage
 from pocketdiff.training.stages.distill import load_flexunet, load_teacher, student_spec
-from pocketdiff.training.stages.teacher import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
+from pocketdiff.training.stages.teacher import (SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, noised_latents,
+                                                sample_grid, save_unet)
 
 
 def sample_dropped(unet, rng, p_tf: float, p_res: float) -> set:
@@ -121,18 +120,13 @@ class StudentStage(Stage):
         import numpy as np
 
         from pocketdiff.text.clip import encode_prompts
-        from pocketdiff.training.stages.vae import encode_latents
 
         student = models["unet"]
         student = getattr(student, "module", student)  # unwrap DDP
-        teacher, vae, te = frozen["teacher"], frozen["vae"], frozen["text_encoder"]
+        teacher = frozen["teacher"]
+        x0, noise, t, z_t = noised_latents(self.scheduler, frozen["vae"], batch, self.opts.latent_sample)
         with torch.no_grad():
-            x0 = encode_latents(vae, batch["pixel_values"], sample=self.opts.latent_sample,
-                                generator=torch.Generator().manual_seed(batch["noise_seed"]))
-            ctx = encode_prompts(self.tokenizer, te, batch["caption"])
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
-        t = batch["t"].to(x0.device)
-        z_t = self.scheduler.add_noise(x0, noise, t)
+            ctx = encode_prompts(self.tokenizer, frozen["text_encoder"], batch["caption"])
         target = self.scheduler.get_velocity(x0, noise, t)
 
         o = self.opts
@@ -168,10 +162,4 @@ class StudentStage(Stage):
         return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.eval_steps, self.opts.eval_guidance)
 
     def export(self, models, frozen, export_dir):
-        export_dir = Path(export_dir)
-        tmp = export_dir.with_name(export_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        models["unet"].save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / "student.json").write_text(json.dumps({"method": "kd+robust-training", **asdict(self.opts)}, indent=1))
-        shutil.rmtree(export_dir, ignore_errors=True)
-        tmp.replace(export_dir)
+        save_unet(models["unet"], export_dir, {"student.json": {"method": "kd+robust-training", **asdict(self.opts)}})

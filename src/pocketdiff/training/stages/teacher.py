@@ -112,17 +112,11 @@ class TeacherStage(Stage):
 
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
-        from pocketdiff.training.stages.vae import encode_latents
 
         unet = models["unet"]
-        vae, te = frozen["vae"], frozen["text_encoder"]
+        x0, noise, t, z_t = noised_latents(self.scheduler, frozen["vae"], batch, self.opts.latent_sample)
         with torch.no_grad():
-            x0 = encode_latents(vae, batch["pixel_values"], sample=self.opts.latent_sample,
-                                generator=torch.Generator().manual_seed(batch["noise_seed"]))
-            ctx = encode_prompts(self.tokenizer, te, batch["caption"])
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
-        t = batch["t"].to(x0.device)
-        z_t = self.scheduler.add_noise(x0, noise, t)  # z_t = alpha_t x0 + sigma_t eps
+            ctx = encode_prompts(self.tokenizer, frozen["text_encoder"], batch["caption"])
         target = self.scheduler.get_velocity(x0, noise, t) if self.opts.prediction_type == "v_prediction" else noise
         pred = unet(z_t, t, ctx).sample
         loss = F.mse_loss(pred.float(), target.float())
@@ -140,14 +134,39 @@ class TeacherStage(Stage):
     def export(self, models, frozen, export_dir):
         from pocketdiff.sampling.pipeline import write_model_index
 
-        root, unet_dir = Path(self.opts.model_dir), Path(export_dir)
-        tmp = unet_dir.with_name(unet_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        models["unet"].save_pretrained(str(tmp), safe_serialization=True)
-        shutil.rmtree(unet_dir, ignore_errors=True)
-        tmp.replace(unet_dir)
+        root = Path(self.opts.model_dir)
+        save_unet(models["unet"], export_dir)
         self.scheduler.save_pretrained(root / "scheduler")
         write_model_index(root)
+
+
+# ---------------------------------------------------------------------- shared by the diffusion stages
+
+def noised_latents(scheduler, vae, batch: dict, latent_sample: bool = False):
+    """(x0, eps, t, z_t): the batch's images as VAE latents, noise drawn from the batch's seed (exact resume without
+    a torch RNG), z_t = alpha_t x0 + sigma_t eps (the forward process, `scheduler.add_noise`)."""
+    from pocketdiff.training.stages.vae import encode_latents
+
+    with torch.no_grad():
+        x0 = encode_latents(vae, batch["pixel_values"], sample=latent_sample,
+                            generator=torch.Generator().manual_seed(batch["noise_seed"])).float()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
+    t = batch["t"].to(x0.device)
+    return x0, noise, t, scheduler.add_noise(x0, noise, t)
+
+
+def save_unet(unet, export_dir, extra_json: dict[str, dict] | None = None) -> None:
+    """`save_pretrained` into a temporary directory, then swap it in: readers never see half a model."""
+    import json
+
+    export_dir = Path(export_dir)
+    tmp = export_dir.with_name(export_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(str(tmp), safe_serialization=True)
+    for name, data in (extra_json or {}).items():
+        (tmp / name).write_text(json.dumps(data, indent=1))
+    shutil.rmtree(export_dir, ignore_errors=True)
+    tmp.replace(export_dir)
 
 
 # ---------------------------------------------------------------------- monitoring shared by the diffusion stages
