@@ -69,3 +69,21 @@ def test_decoder_stage_pruned_encoder_latents(quick_model_dir, tmp_path):
         run_stage("decoder", CONFIG, "quick", tmp_path / "run2", overrides={
             "export_dir": str(tmp_path / "x"),
             "options": {**opts, "student": "tiny", "student_dir": str(tmp_path / "pruned")}})
+
+
+def test_pipeline_latents_are_cached_once_and_reused(quick_model_dir, tmp_path):
+    from pocketdiff.training.config import load_config
+    from pocketdiff.training.stages.decoder import DecoderStage
+
+    overrides = {"options": {"model_dir": str(quick_model_dir), "latent_cache": str(tmp_path / "cache")}}
+    first = DecoderStage(load_config(CONFIG, "quick", overrides))
+    first.build()
+    files = list((tmp_path / "cache").glob("latents-*.safetensors"))
+    assert len(files) == 1
+    second = DecoderStage(load_config(CONFIG, "quick", overrides))
+    second._pipeline_latents = None  # must not be called: the cache answers
+    second.build()
+    assert torch.equal(first.bank, second.bank) and torch.equal(first.eval_z, second.eval_z)
+    other = DecoderStage(load_config(CONFIG, "quick", {"options": {**overrides["options"], "sampling_steps": 1}}))
+    other.build()
+    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 2  # another key, another file

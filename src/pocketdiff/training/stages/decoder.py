@@ -60,6 +60,7 @@ class DecoderStage(Stage):
         data: str = "shapes"  # prompts (pipeline) or images (encoder): the shapes world or an image-caption folder
         two_object_fraction: float = 0.5
         eval_latents: int = 64
+        latent_cache: str | None = "runs/decoder_latents"  # reuse pipeline latents across runs (None: regenerate)
 
     # ------------------------------------------------------------------ setup
     def build_frozen(self):
@@ -81,8 +82,7 @@ class DecoderStage(Stage):
         self.dataset = open_dataset(o.data, teacher.config.sample_size)
         student = self._student(teacher)
         if o.latents == "pipeline":
-            self.bank = self._pipeline_latents(self._prompts(np.random.default_rng(BANK_SEED), o.bank_size), BANK_SEED)
-            self.eval_z = self._pipeline_latents(self._heldout_prompts(o.eval_latents), EVAL_SEED)
+            self.bank, self.eval_z = self._cached_pipeline_latents()
         else:
             self.eval_z = self._encode_heldout(teacher, o.eval_latents)
         return {"vae": student}
@@ -151,6 +151,34 @@ class DecoderStage(Stage):
                            seed=[seed + start + i for i in range(len(chunk))], decode=False)
                 out.append(torch.from_numpy(gen.images))
         return torch.cat(out).float()
+
+    def _cached_pipeline_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training bank, held-out eval latents) from the teacher pipeline; with `latent_cache`, stored once as
+        safetensors keyed by everything they depend on (so the pruned and the tiny decoder train on the same bank)."""
+        import hashlib
+        import json
+
+        from safetensors.torch import load_file, save_file
+
+        o = self.opts
+        make = lambda: (self._pipeline_latents(self._prompts(np.random.default_rng(BANK_SEED), o.bank_size), BANK_SEED),
+                        self._pipeline_latents(self._heldout_prompts(o.eval_latents), EVAL_SEED))
+        if not o.latent_cache:
+            return make()
+        unet_files = sorted((Path(o.model_dir) / "unet").glob("*.safetensors"))
+        key = json.dumps([str(Path(o.model_dir).resolve()), [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                          for f in unet_files], str(self.teacher_path.resolve()), o.bank_size, o.eval_latents,
+                          o.sampling_steps, o.guidance_scale, o.data, o.two_object_fraction, BANK_SEED, EVAL_SEED])
+        path = Path(o.latent_cache) / f"latents-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+        if path.is_file():
+            t = load_file(path)
+            return t["bank"], t["eval"]
+        bank, eval_z = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"bank": bank.contiguous(), "eval": eval_z.contiguous()}, tmp, metadata={"key": key})
+        tmp.replace(path)
+        return bank, eval_z
 
     @torch.no_grad()
     def _encode_heldout(self, teacher, n: int) -> torch.Tensor:
