@@ -171,10 +171,11 @@ def get_spec(name: str, width: float = 1.0, depth: float = 1.0, **overrides) -> 
     d = {**layout, "name": name}
     if width != 1.0:
         ch = [_round8(c * width) for c in layout["channels"]]
-        # GroupNorm groups: at most SD's 32, and at least 4 channels per group. With 1 channel per group GroupNorm
-        # is instance norm and removes each channel's mean, i.e. the flat colours this domain is made of.
+        # GroupNorm groups: the largest count <= SD's 32 that divides every width. At width 0.1 that is 1 channel per
+        # group at level 0 (instance norm); >= 4 channels per group was tried together with other changes
+        # (training/stages/vae.py: encode_latents) and is not separately measured, so the shipped recipe keeps this.
         g = math.gcd(*ch)
-        groups = max(d for d in range(1, 33) if g % d == 0 and (g // d >= 4 or d == 1))
+        groups = max(d for d in range(1, 33) if g % d == 0)
         d.update(channels=ch, norm_groups=groups, name=f"{name}@w{width:g}")
         # keep head counts valid: a head width that no longer divides the channels falls back to 8 heads or fewer
         def fix(b):

@@ -120,7 +120,7 @@ class DistillStage(Stage):
         gamma: float | str = "auto"  # weight of L_ori: "auto" (L_dstl / L_ori per batch) or a number (0.2)
         mix: Literal["batch", "sample"] = "batch"  # draw CFG-vs-vanilla once per batch or per sample
         cfg_dropout: float = 0.1  # captions -> "" (keeps the student's unconditional v taught)
-        latent_sample: bool = False  # VAE posterior samples instead of means, as the teacher was trained
+        latent_sample: bool = True  # VAE posterior samples (False: means), as the teacher was trained
         two_object_fraction: float = 0.5
         data: str = "shapes"
         eval_prompts: int = 48  # held-out prompts judged at each evaluation (half single, half two objects)

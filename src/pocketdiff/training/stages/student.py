@@ -59,7 +59,7 @@ class StudentStage(Stage):
         p_drop_tf: float = 0.1  # robust training: P(transformer block -> identity) per step
         p_drop_res: float = 0.05  # ... and for droppable ResNet blocks
         cfg_dropout: float = 0.1
-        latent_sample: bool = False
+        latent_sample: bool = True  # as the teacher was trained (encode_latents)
         two_object_fraction: float = 0.5
         data: str = "shapes"
         eval_prompts: int = 48
