@@ -55,6 +55,8 @@ def test_evolve_meets_the_target_writes_a_report_and_resumes(quick_model_dir, qu
     assert report["predicted_ms"] == pytest.approx(predict_latency(evolved.spec, lut))
     assert sum(1 for _ in evolved.spec.all_blocks()) < sum(1 for _ in teacher.spec.all_blocks())
     assert (tmp_path / "run" / "trajectory.png").stat().st_size > 0
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| round |" in md and "| stage |" in md and "| final |" in md
     assert json.loads((tmp_path / "run" / "spec.json").read_text())["name"].endswith("-evolved")
 
     # a rerun continues from state.json: nothing is retrained, the same network comes out

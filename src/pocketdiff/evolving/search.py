@@ -239,7 +239,29 @@ def evolve(cfg: EvolveConfig, out: str | Path, log=print) -> dict:
     }
     write_json_atomic(out / "report.json", report)
     plot_trajectory(state["trajectory"], report, out / "trajectory.png", cfg.metric)
+    (out / "report.md").write_text(report_markdown(report))
     return report
+
+
+def report_markdown(report: dict) -> str:
+    """The trajectory and the blocks per stage (teacher -> evolved), as Markdown tables."""
+    lines = [f"# Architecture evolving ({report['criterion']} criterion, metric {report['metric']})", "",
+             f"Predicted UNet latency: teacher {report['teacher_predicted_ms']:.2f} ms, target "
+             f"{report['target_ms']:.2f} ms, evolved {report['predicted_ms']:.2f} ms; params "
+             f"{report['teacher_params'] / 1e6:.2f}M -> {report['params'] / 1e6:.2f}M.", "",
+             "| round | predicted ms | CLIP | accuracy | removed | copied |", "|---|---|---|---|---|---|"]
+    for r in report["trajectory"]:
+        lines.append(f"| {r['round']} | {r['predicted_ms']:.2f} | {r.get('clip', float('nan')):.2f} | "
+                     f"{100 * r.get('accuracy', float('nan')):.0f}% | {', '.join(r['removed']) or '-'} | "
+                     f"{', '.join(r['copied']) or '-'} |")
+    q = report["final_quality"]
+    lines += [f"| final | {report['predicted_ms']:.2f} | {q['clip']:.2f} | {100 * q['accuracy']:.0f}% | | |", "",
+              "| stage | ResNets teacher -> evolved | transformers teacher -> evolved |", "|---|---|---|"]
+    t, e = report["blocks_per_stage"]["teacher"], report["blocks_per_stage"]["evolved"]
+    for stage in t:
+        lines.append(f"| {stage} | {t[stage]['res']} -> {e.get(stage, {}).get('res', 0)} | "
+                     f"{t[stage]['tf']} -> {e.get(stage, {}).get('tf', 0)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _stage_counts(spec) -> dict[str, dict[str, int]]:
