@@ -96,3 +96,18 @@ def test_dry_run_ranks_the_first_actions_by_latency(tmp_path):
     assert "first round's removal" in r.output and len(json.loads((tmp_path / "d.json").read_text())["actions"]) == 18
     r = CliRunner().invoke(build_app(), ["evolve", "--dry-run", "--arch", "sd15", "--lut", str(tmp_path / "lut.json")])
     assert r.exit_code != 0  # a table measured at another width has no entries for full-size sd15
+
+
+def test_cli_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    from pocketdiff.cli import main
+
+    for argv, needle in [
+        (["evolve", "--lut", str(tmp_path / "none.json"), "--target-speedup", "1.5", "--out", str(tmp_path / "o")],
+         "no lookup table"),
+        (["evolve", "--lut", str(tmp_path / "none.json"), "--target-speedup", "0.5"], "must be > 1"),
+        (["evolve", "--dry-run"], "needs --lut"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert needle in capsys.readouterr().err
