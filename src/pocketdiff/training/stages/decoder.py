@@ -144,8 +144,11 @@ class DecoderStage(Stage):
         o = self.opts
         pipe = load_pipeline(o.model_dir, vae_dir=self.teacher_path)
         out = []
+        from tqdm.auto import tqdm
+
         with torch.random.fork_rng(devices=[]):
-            for start in range(0, len(prompts), o.generation_batch):
+            for start in tqdm(range(0, len(prompts), o.generation_batch), desc=f"teacher latents ({len(prompts)})",
+                              mininterval=10):
                 chunk = prompts[start:start + o.generation_batch]
                 gen = pipe(chunk, num_inference_steps=o.sampling_steps, guidance_scale=o.guidance_scale,
                            seed=[seed + start + i for i in range(len(chunk))], decode=False)
