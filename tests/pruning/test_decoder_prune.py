@@ -188,3 +188,16 @@ def test_tiny_slim_vae_round_trip(tmp_path):
         assert tiny.decode(z).sample.shape == (1, 3, 64, 64)
         tiny.save_pretrained(str(tmp_path / "tiny"))
         torch.testing.assert_close(load_vae_dir(tmp_path / "tiny").decode(z).sample, tiny.decode(z).sample)
+
+
+def test_regroup_keeps_channels_per_group_and_the_weights(pair, tmp_path):
+    vae, slim = pair
+    regrouped = prune_decoder(vae, ratio=0.5, regroup=True)
+    assert regrouped.config.decoder_norm_num_groups == GROUPS // 2 and regrouped.config.norm_num_groups == GROUPS
+    norms = [m for m in regrouped.decoder.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_groups == GROUPS // 2 for m in norms)
+    assert all(m.num_groups == GROUPS for m in vae.encoder.modules() if isinstance(m, nn.GroupNorm))
+    a, b = slim.state_dict(), regrouped.state_dict()  # same pruned weights, only the grouping differs
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    back = load_vae_dir(save_vae(regrouped, tmp_path / "regrouped"))
+    assert all(m.num_groups == GROUPS // 2 for m in back.decoder.modules() if isinstance(m, nn.GroupNorm))

@@ -101,6 +101,7 @@ class SlimAutoencoderKL(AutoencoderKL):
         # the decoder (the only fields AutoencoderKL lacks)
         decoder_type: Literal["pruned", "tiny"] = "pruned",
         decoder_block_out_channels: tuple[int, ...] | None = None,  # None: the encoder's
+        decoder_norm_num_groups: int | None = None,  # None: norm_num_groups (see prune_decoder's regroup)
         tiny_channels: int = 64,
         tiny_blocks: int = 3,
     ):
@@ -118,13 +119,14 @@ class SlimAutoencoderKL(AutoencoderKL):
                                        upsample=2 ** (levels - 1), latent_scale=scaling_factor)
         elif decoder_type == "pruned":
             widths = tuple(decoder_block_out_channels or block_out_channels)
-            if len(widths) != levels or any(w < 1 or w % norm_num_groups for w in widths):
+            groups = decoder_norm_num_groups or norm_num_groups
+            if len(widths) != levels or any(w < 1 or w % groups for w in widths):
                 raise SpecError(f"decoder_block_out_channels {list(widths)}: need {levels} widths (one per level, "
-                                f"as block_out_channels), each a multiple of norm_num_groups={norm_num_groups}")
-            if widths != tuple(block_out_channels):
+                                f"as block_out_channels), each a multiple of the decoder's GroupNorm groups {groups}")
+            if widths != tuple(block_out_channels) or groups != norm_num_groups:
                 self.decoder = Decoder(
                     in_channels=latent_channels, out_channels=out_channels, up_block_types=up_block_types,
-                    block_out_channels=widths, layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                    block_out_channels=widths, layers_per_block=layers_per_block, norm_num_groups=groups,
                     act_fn=act_fn, mid_block_add_attention=mid_block_add_attention,
                 )
         else:
@@ -264,9 +266,16 @@ def check_prunable(vae: object, ratio: float) -> None:
                            f"(decoder: {type(getattr(vae, 'decoder', None)).__name__})")
 
 
-def prune_decoder(vae: AutoencoderKL, ratio: float = 0.5, importance: str = "l1", seed: int = 0) -> SlimAutoencoderKL:
+def prune_decoder(vae: AutoencoderKL, ratio: float = 0.5, importance: str = "l1", seed: int = 0,
+                  regroup: bool = False) -> SlimAutoencoderKL:
     """Remove `ratio` of the channels of every prunable layer group of `vae.decoder`, keeping the most important by
-    `importance`; return a new SlimAutoencoderKL with `vae`'s encoder, quant convs and config (input untouched)."""
+    `importance`; return a new SlimAutoencoderKL with `vae`'s encoder, quant convs and config (input untouched).
+
+    `regroup`: afterwards, cut the decoder's GroupNorm group count by the same ratio, so every group keeps as many
+    channels as before (the pruned weights are unchanged; the normalisation then differs from the pruned network's,
+    so use it with distillation). Why: Torch-Pruning keeps the group count, and a small decoder can drop to one
+    channel per group, i.e. instance norm, which erases each channel's mean, the flat colour of a region; the
+    shapes-world decoder (16, 32, 64 with 8 groups) pruned at 0.5 distilled to only 23.4 dB that way (1,000 steps)."""
     import torch_pruning as tp
 
     check_prunable(vae, ratio)
@@ -301,6 +310,11 @@ def prune_decoder(vae: AutoencoderKL, ratio: float = 0.5, importance: str = "l1"
                            "prunable channel groups")
     config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
     config.update(decoder_type="pruned", decoder_block_out_channels=tuple(widths))
+    if regroup:
+        new_groups = max(1, round(groups * (1 - ratio)))
+        while any(w % new_groups for w in widths):
+            new_groups -= 1
+        config.update(decoder_norm_num_groups=new_groups)
     with torch.device("meta"):
         slim = SlimAutoencoderKL(**config)
     state = {k: v.detach().clone() for k, v in vae.state_dict().items() if not k.startswith("decoder.")}

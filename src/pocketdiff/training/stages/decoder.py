@@ -50,6 +50,7 @@ class DecoderStage(Stage):
         student_dir: str | None = None  # start from this SlimAutoencoderKL (`pocketdiff prune decoder --out`)
         ratio: float = 0.5  # student=pruned without student_dir: prune the teacher's decoder here
         importance: Literal["l1", "l2", "random"] = "l1"
+        regroup: bool = False  # pruned: GroupNorm groups shrink with the widths (prune_decoder's `regroup`)
         tiny_channels: int = 64
         tiny_blocks: int = 3
         latents: Literal["pipeline", "encoder"] = "pipeline"
@@ -103,7 +104,7 @@ class DecoderStage(Stage):
                                         f"from the teacher VAE's {teacher.config[key]} ({self.teacher_path}): not the "
                                         "same latent interface")
         elif o.student == "pruned":
-            student = prune_decoder(teacher, o.ratio, o.importance, seed=self.cfg.seed)
+            student = prune_decoder(teacher, o.ratio, o.importance, seed=self.cfg.seed, regroup=o.regroup)
         else:
             cfg = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
             cfg.update(decoder_type="tiny", tiny_channels=o.tiny_channels, tiny_blocks=o.tiny_blocks)
@@ -255,5 +256,5 @@ class DecoderStage(Stage):
         report = pruning_report(frozen["teacher"], models["vae"], source=str(self.teacher_path), student=o.student,
                                 student_dir=o.student_dir, latents=o.latents)
         if o.student == "pruned" and not o.student_dir:
-            report.update(ratio=o.ratio, importance=o.importance)
+            report.update(ratio=o.ratio, importance=o.importance, regroup=o.regroup)
         save_vae(models["vae"], export_dir, report)
