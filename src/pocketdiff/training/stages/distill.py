@@ -82,6 +82,20 @@ def load_teacher(teacher_dir: str | Path, teacher_unet: str | Path | None = None
     return sched_config, load_tokenizer(root / "tokenizer"), frozen
 
 
+def init_student(teacher, arch: str | None, depth: float = 1.0):
+    """The student UNet: a copy of the teacher (`arch` None), a saved UNet directory, or a preset / spec file
+    initialised from the teacher's blocks (`FlexUNet.from_teacher`, its report printed)."""
+    from pocketdiff.arch import FlexUNet
+
+    if arch is None:
+        return copy.deepcopy(teacher)
+    if Path(arch).is_dir():
+        return load_flexunet(arch)
+    student, report = FlexUNet.from_teacher(teacher, student_spec(arch, teacher.spec, depth), report=True)
+    print(f"student from teacher: {report.summary()}")
+    return student
+
+
 def student_spec(name: str, teacher_spec, depth: float = 1.0):
     """A preset name or spec file, fitted to the teacher: width from the teacher's first channel count, the teacher's
     latent size, channels in/out, context width, and (if the teacher fixes it) its attention head width."""
@@ -163,15 +177,7 @@ class DistillStage(Stage):
         return self._frozen
 
     def build(self):
-        from pocketdiff.arch import FlexUNet
-
-        teacher, s = self.build_frozen()["teacher"], self.opts.student
-        if s is None:
-            student = copy.deepcopy(teacher)
-        elif Path(s).is_dir():
-            student = load_flexunet(s)
-        else:
-            student = FlexUNet.from_teacher(teacher, student_spec(s, teacher.spec, self.opts.student_depth))
+        student = init_student(self.build_frozen()["teacher"], self.opts.student, self.opts.student_depth)
         return {"unet": student.train().requires_grad_(True)}
 
     # ------------------------------------------------------------------ training

@@ -21,16 +21,14 @@ default 0.1 / 0.05 is our choice (docs/evolving.md has the sweep). The teacher a
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pocketdiff.training.config import ConfigError
 from pocketdiff.training.loop import Stage
-from pocketdiff.training.stages.distill import load_flexunet, load_teacher, student_spec
+from pocketdiff.training.stages.distill import init_student, load_teacher
 from pocketdiff.training.stages.teacher import (SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, noised_latents,
                                                 sample_grid, save_unet)
 
@@ -89,17 +87,8 @@ class StudentStage(Stage):
         return self._frozen
 
     def build(self):
-        from pocketdiff.arch import FlexUNet
-
-        teacher, arch = self.build_frozen()["teacher"], self.opts.arch
-        if arch is None:
-            student = copy.deepcopy(teacher)
-        elif Path(arch).is_dir():
-            student = load_flexunet(arch)
-        else:
-            student, report = FlexUNet.from_teacher(teacher, student_spec(arch, teacher.spec, self.opts.student_depth),
-                                                    report=True)
-            print(f"student from teacher: {report.summary()}")
+        teacher = self.build_frozen()["teacher"]
+        student = init_student(teacher, self.opts.arch, self.opts.student_depth)
         if student.config.in_channels != teacher.config.in_channels:
             raise ConfigError(f"options.arch: the student takes {student.config.in_channels} latent channels, the "
                               f"teacher {teacher.config.in_channels}")
