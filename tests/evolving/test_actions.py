@@ -68,10 +68,10 @@ def test_blocks_that_would_break_the_skip_pairing_cannot_evolve(unet):
 def test_choose_actions_removes_lowest_scores_until_the_target_then_copies_what_fits():
     scores = {("a", 0, 0): -1.0, ("b", 0, 0): 0.5, ("c", 0, 0): 2.0, ("d", 0, 0): 0.1}
     ms = {("a", 0, 0): 3.0, ("b", 0, 0): 4.0, ("c", 0, 0): 5.0, ("d", 0, 0): 1.0}
-    removed, copied = choose_actions(None, scores, ms, predicted=20.0, target=18.0, group=3)
+    removed, copied = choose_actions(scores, ms, predicted=20.0, target=18.0, group=3)
     assert removed == [("a", 0, 0)] and copied == []  # 17 <= 18: stop early
-    removed, copied = choose_actions(None, scores, ms, predicted=30.0, target=18.0, group=2)
+    removed, copied = choose_actions(scores, ms, predicted=30.0, target=18.0, group=2)
     assert removed == [("a", 0, 0), ("d", 0, 0)]  # group caps the round
-    removed, copied = choose_actions(None, scores, ms, predicted=12.0, target=18.0, group=3)
+    removed, copied = choose_actions(scores, ms, predicted=12.0, target=18.0, group=3)
     assert removed == [] and copied == [("c", 0, 0), ("d", 0, 0)]  # c (5 ms) fits, b (4) no longer does, d does
-    assert choose_actions(None, scores, ms, predicted=17.5, target=18.0, group=3) == ([], [])
+    assert choose_actions(scores, ms, predicted=17.5, target=18.0, group=3) == ([], [])

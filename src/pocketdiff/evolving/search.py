@@ -117,7 +117,7 @@ def score_blocks(unet, probe: QualityProbe | None, costs: dict, criterion: str, 
     return scores, base
 
 
-def choose_actions(spec, scores: dict, ms: dict, predicted: float, target: float, group: int
+def choose_actions(scores: dict, ms: dict, predicted: float, target: float, group: int
                    ) -> tuple[list, list]:
     """(blocks to remove, blocks to copy) for one round, per Algorithm 1 (module docstring)."""
     if predicted > target:
@@ -136,14 +136,6 @@ def choose_actions(spec, scores: dict, ms: dict, predicted: float, target: float
             copied.append(key)
             predicted += ms[key]
     return [], copied
-
-
-def per_stage(keys) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for path, lvl, _ in keys:
-        name = "mid" if path == "mid" else f"{path}{lvl}"
-        out[name] = out.get(name, 0) + 1
-    return out
 
 
 def _key(k) -> str:
@@ -203,7 +195,7 @@ def evolve(cfg: EvolveConfig, out: str | Path, log=print) -> dict:
         predicted = predict_latency(unet.spec, lut)
         rng = np.random.default_rng([cfg.seed, k])  # the random criterion's draw: one stream per round (resumable)
         scores, quality = score_blocks(unet, probe, costs, cfg.criterion, cfg.metric, rng)
-        removed, copied = choose_actions(unet.spec, scores, ms, predicted, target, cfg.group)
+        removed, copied = choose_actions(scores, ms, predicted, target, cfg.group)
         row = {"round": k, "predicted_ms": predicted, **quality, "removed": [_key(b) for b in removed],
                "copied": [_key(b) for b in copied], "scores": {_key(b): s for b, s in scores.items()}}
         log(f"round {k}: predicted {predicted:.2f} ms (target {target:.2f}), {cfg.metric} "
