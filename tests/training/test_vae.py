@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -46,7 +47,31 @@ def test_vae_stage_quick_cli(tmp_path):
     assert (out / "samples" / "step_000005.png").is_file() and (out / "log.jsonl").is_file()
     vae = AutoencoderKL.from_pretrained(str(export))
     assert vae.config.latent_channels == 4 and vae.config.scaling_factor != 0.18215 and vae.config.scaling_factor > 0
-    assert set(evaluate_vae(export, n=4)) == {"eval_psnr", "eval_psnr_p05"}
+    assert set(evaluate_vae(export, n=4)) == {"eval_psnr", "eval_psnr_p05", "eval_judged_single", "eval_judged_two"}
+    # scaling_factor puts the latents at the config's latent_std (0.6), not at SD's unit std
+    from pocketdiff.data.shapes import make_batch
+
+    x = make_batch(np.random.default_rng(1), 64)["pixel_values"]
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+    assert abs(z.std().item() / 0.6 - 1) < 0.25
+
+
+def test_kl_weight_is_relative_to_summed_reconstruction():
+    """SD's convention: loss = sum_pixels(recon) + w * sum_latent(KL), here divided by the pixel count."""
+    from pocketdiff.training.config import load_config
+    from pocketdiff.training.stages.vae import VAEStage
+
+    cfg = load_config(ROOT / "configs/shapes/vae.yaml", preset="quick")
+    stage = VAEStage(cfg)
+    models = stage.build()
+    x = heldout_images(2)
+    torch.manual_seed(0)
+    loss0, logs = stage.compute_loss(models, {}, {"pixel_values": x})
+    stage.opts.kl_weight = 1.0
+    torch.manual_seed(0)
+    loss1, _ = stage.compute_loss(models, {}, {"pixel_values": x})
+    assert loss1.item() - loss0.item() == pytest.approx((1.0 - 1e-6) * logs["kl"] / x[0].numel(), rel=1e-3)
 
 
 @pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="shipped VAE not trained yet")

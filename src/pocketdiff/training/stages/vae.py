@@ -1,9 +1,18 @@
 """Stage `vae`: a small diffusers `AutoencoderKL` (64x64x3 -> 16x16x4), reconstruction + tiny KL, no GAN.
 
-After training, `scaling_factor` = 1 / std of the latents (posterior samples, see `encode_latents`) of
+The loss follows LDM/SD's convention: reconstruction and KL are both summed over each image, so `kl_weight` 1e-6
+means what it means for SD's VAE (we divide both by the pixel count, which leaves the ratio unchanged). Until
+2026-11-26 the KL was summed and the MSE averaged, a KL 12,288x stronger than SD's: the posterior came out as wide as
+the signal (std 0.64 against a spread of 0.73 in the means; 3 of 4 channels mostly noise) and the decoder could not
+draw small crosses (judged accuracy of reconstructions 89% single / 80% two objects).
+
+After training, `scaling_factor` = `latent_std` / std of the latents (posterior samples, see `encode_latents`) of
 `scaling_samples` training images is written into the exported config (SD-1.5's 0.18215 is the same statistic for
-its VAE), so `latents * scaling_factor` has unit variance for the diffusion model. `evaluate_vae` measures PSNR on held-out scenes (`heldout_prompts` scenes
-rendered with a seed the training stream never uses).
+its VAE, with `latent_std` 1). `latent_std` < 1 is the input scaling of Chen 2023 ("On the importance of noise
+scheduling for diffusion models", sec. 3.2): it lowers every SNR of the diffusion model by `latent_std`**2 without
+touching the scheduler, so it carries into any diffusers pipeline. `evaluate_vae` measures PSNR and the judge's accuracy
+on reconstructions (the ceiling of any diffusion model on this VAE) on held-out scenes rendered with a seed the
+training stream never uses.
 """
 
 from __future__ import annotations
@@ -45,31 +54,46 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
 
 
-def heldout_images(n: int = 400, seed: int = EVAL_SEED, size: int = 64) -> torch.Tensor:
-    """Held-out scenes (heldout-single then heldout-two, up to n) rendered with `seed`: [n, 3, H, W] in [-1, 1]."""
+def heldout_images(n: int = 400, seed: int = EVAL_SEED, size: int = 64, with_prompts: bool = False):
+    """Held-out scenes (heldout-single and heldout-two interleaved, n in all) rendered with `seed`: [n, 3, H, W] in
+    [-1, 1] (and their prompts and object counts if `with_prompts`)."""
     from pocketdiff.data.shapes import heldout_prompts, render, to_tensor
 
-    scenes = [s for name in ("heldout-single", "heldout-two") for _, s in heldout_prompts(name)]
-    scenes = [scenes[i % len(scenes)] for i in range(n)]
+    one, two = heldout_prompts("heldout-single"), heldout_prompts("heldout-two")
+    pairs = [p for ab in zip(one, two) for p in ab]
+    pairs = [pairs[i % len(pairs)] for i in range(n)]
     rng = np.random.default_rng(seed)
-    return to_tensor(np.stack([render(s, size, rng) for s in scenes]))
+    images = to_tensor(np.stack([render(s, size, rng) for _, s in pairs]))
+    if not with_prompts:
+        return images
+    return images, [p for p, _ in pairs], [len(s.objects) for _, s in pairs]
 
 
 @torch.no_grad()
 def evaluate_vae(vae: AutoencoderKL | str | Path, n: int = 400, batch_size: int = 50) -> dict[str, float]:
-    """Held-out reconstruction PSNR (encode -> posterior mode -> decode), mean and 5th percentile, in dB."""
+    """Held-out reconstructions (encode -> posterior mode -> decode): PSNR (mean and 5th percentile, dB) and the
+    judge's compositional accuracy on one- and two-object scenes, the ceiling of a diffusion model on this VAE."""
+    from pocketdiff.evaluation.judge import judge
+
     if not isinstance(vae, AutoencoderKL):
         vae = load_vae(vae)
     vae.eval()
-    images = heldout_images(n, size=vae.config.sample_size)
+    images, prompts, counts = heldout_images(n, size=vae.config.sample_size, with_prompts=True)
     device, dtype = vae.device, vae.dtype
-    scores = []
-    for chunk in images.split(batch_size):
-        x = chunk.to(device, dtype)
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        scores.append(psnr(rec.cpu(), chunk))
+    scores, correct = [], []
+    for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
+        rec = vae.decode(vae.encode(chunk.to(device, dtype)).latent_dist.mode()).sample.float().cpu()
+        scores.append(psnr(rec, chunk))
+        pixels = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        correct += [judge(im, p)["correct"] for im, p in zip(pixels, prompts[start:start + batch_size])]
     s = torch.cat(scores)
-    return {"eval_psnr": s.mean().item(), "eval_psnr_p05": s.quantile(0.05).item()}
+    result = {"eval_psnr": s.mean().item(), "eval_psnr_p05": s.quantile(0.05).item()}
+    for k, name in ((1, "single"), (2, "two")):
+        verdicts = [c for c, m in zip(correct, counts) if m == k]
+        if verdicts:
+            result[f"eval_judged_{name}"] = float(np.mean(verdicts))
+    return result
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
@@ -130,7 +154,8 @@ class VAEStage(Stage):
         latent_channels: int = 4
         norm_num_groups: int = 8
         mid_block_attention: bool = True
-        kl_weight: float = 1e-6
+        kl_weight: float = 1e-6  # relative to the per-image summed reconstruction loss, as in LDM/SD
+        latent_std: float = 1.0  # std of scaled latents (Chen 2023 input scaling); 1 = SD's rule
         recon_loss: Literal["mse", "l1", "l1+mse"] = "mse"
         data: str = "shapes"  # or a folder for ImageCaptionFolder
         image_size: int = 64
@@ -157,8 +182,9 @@ class VAEStage(Stage):
         rec = models["vae"].decode(posterior.sample()).sample.float()
         mse = F.mse_loss(rec, x)
         recon = {"mse": mse, "l1": F.l1_loss(rec, x), "l1+mse": F.l1_loss(rec, x) + mse}[self.opts.recon_loss]
-        kl = posterior.kl().float().mean()
-        return recon + self.opts.kl_weight * kl, {"mse": mse.item(), "kl": kl.item(),
+        kl = posterior.kl().float().mean()  # summed over the latent, averaged over the batch
+        # both terms per image summed (LDM/SD), then divided by the pixel count: recon is already a per-pixel mean
+        return recon + self.opts.kl_weight * kl / x[0].numel(), {"mse": mse.item(), "kl": kl.item(),
                                                   "psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
 
     def sample(self, models, frozen, rng):
@@ -183,5 +209,5 @@ class VAEStage(Stage):
     def export(self, models, frozen, export_dir: Path) -> None:
         vae = models["vae"]
         std = self.latent_std(vae)
-        vae.register_to_config(scaling_factor=1.0 / std)
+        vae.register_to_config(scaling_factor=self.opts.latent_std / std)
         vae.save_pretrained(str(export_dir))
