@@ -53,3 +53,18 @@ def test_warm_start_from_a_saved_unet(quick_model_dir):
     unet = stage.build()["unet"]
     saved = FlexUNet.from_pretrained(quick_model_dir / "unet")
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), saved.state_dict().values()))
+
+
+def test_timestep_densities():
+    import numpy as np
+
+    from pocketdiff.training.stages.teacher import sample_timesteps
+
+    uniform = sample_timesteps(np.random.default_rng(0), 20000, 1000)
+    shifted = sample_timesteps(np.random.default_rng(0), 20000, 1000, "logit_normal", 0.5, 1.0)
+    for t in (uniform, shifted):
+        assert t.min() >= 0 and t.max() <= 999 and t.dtype.kind == "i"
+    assert abs(np.median(uniform) - 500) < 20
+    assert abs(np.median(shifted) - 1000 / (1 + np.exp(-0.5))) < 20  # median of sigmoid(N(0.5, 1)) x T = 622
+    assert (shifted < 200).mean() < 0.05 < (uniform < 200).mean()
+    np.testing.assert_array_equal(shifted, sample_timesteps(np.random.default_rng(0), 20000, 1000, "logit_normal", 0.5))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -43,6 +45,11 @@ class TeacherStage(Stage):
         beta_schedule: str = "squaredcos_cap_v2"  # cosine (Nichol & Dhariwal): SD's scaled_linear is for 64x64 latents
         num_train_timesteps: int = 1000
         cfg_dropout: float = 0.1
+        # Training timesteps: uniform (DDPM, SD) or logit-normal (SD3, Esser et al. 2024, eq. 19); logit_mean > 0
+        # puts more of the training on high noise, where composition (shape, colour, layout) is decided.
+        timestep_density: Literal["uniform", "logit_normal"] = "uniform"
+        logit_mean: float = 0.0
+        logit_std: float = 1.0
         latent_sample: bool = True  # VAE posterior samples (SD); False: means (measured worse: encode_latents)
         two_object_fraction: float = 0.5
         data: str = "shapes"
@@ -105,7 +112,8 @@ class TeacherStage(Stage):
 
         b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
         captions = ["" if rng.random() < self.opts.cfg_dropout else c for c in b["caption"]]
-        t = rng.integers(0, self.opts.num_train_timesteps, size=len(captions))
+        t = sample_timesteps(rng, len(captions), self.opts.num_train_timesteps, self.opts.timestep_density,
+                             self.opts.logit_mean, self.opts.logit_std)
         # noise and the VAE posterior sample are drawn from this seed (so resume is exact without a torch RNG)
         return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
                 "noise_seed": int(rng.integers(2**62))}
@@ -141,6 +149,15 @@ class TeacherStage(Stage):
 
 
 # ---------------------------------------------------------------------- shared by the diffusion stages
+
+def sample_timesteps(rng: np.random.Generator, n: int, num_train_timesteps: int, density: str = "uniform",
+                     logit_mean: float = 0.0, logit_std: float = 1.0) -> np.ndarray:
+    """n training timesteps in [0, T): uniform, or t / T = sigmoid(N(logit_mean, logit_std^2)) (SD3's logit-normal)."""
+    if density == "uniform":
+        return rng.integers(0, num_train_timesteps, size=n)
+    u = 1.0 / (1.0 + np.exp(-rng.normal(logit_mean, logit_std, size=n)))
+    return np.minimum((u * num_train_timesteps).astype(np.int64), num_train_timesteps - 1)
+
 
 def noised_latents(scheduler, vae, batch: dict, latent_sample: bool = True):
     """(x0, eps, t, z_t): the batch's images as VAE latents, noise drawn from the batch's seed (exact resume without

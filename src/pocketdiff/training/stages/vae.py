@@ -1,10 +1,9 @@
 """Stage `vae`: a small diffusers `AutoencoderKL` (64x64x3 -> 16x16x4), reconstruction + tiny KL, no GAN.
 
-The loss follows LDM/SD's convention: reconstruction and KL are both summed over each image, so `kl_weight` 1e-6
-means what it means for SD's VAE (we divide both by the pixel count, which leaves the ratio unchanged). Until
-2026-11-26 the KL was summed and the MSE averaged, a KL 12,288x stronger than SD's: the posterior came out as wide as
-the signal (std 0.64 against a spread of 0.73 in the means; 3 of 4 channels mostly noise) and the decoder could not
-draw small crosses (judged accuracy of reconstructions 89% single / 80% two objects).
+The loss follows LDM/SD's convention: reconstruction and KL are both summed over each image (we divide both by the
+pixel count, which leaves their ratio unchanged), so `kl_weight` 1e-6 means what it means for SD's VAE. The shapes
+config uses 1.2288e-2 (12,288x SD's): its posterior is as wide as the signal (std 0.64 against a spread of 0.73 in
+the means), and a teacher on it learned faster than one on an SD-weighted VAE (docs/shapes-world.md, session 3).
 
 After training, `scaling_factor` = `latent_std` / std of the latents (posterior samples, see `encode_latents`) of
 `scaling_samples` training images is written into the exported config (SD-1.5's 0.18215 is the same statistic for
