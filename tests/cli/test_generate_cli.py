@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -36,6 +37,10 @@ def test_eval_json_and_saved_images(quick_model_dir, tmp_path):
     assert len(data["results"]) == 2
     for key in ("accuracy", "per_attribute", "fid", "clip_score"):
         assert key in data["results"][0]
+    for r in data["results"]:  # the novel-pair / seen-pair split partitions the prompts
+        sub = r["subsets"]
+        assert sum(v["n"] for v in sub.values()) == 6
+        assert sum(v["n"] * v["accuracy"] for v in sub.values()) == pytest.approx(6 * r["accuracy"])
     index = json.loads((imgs / "heldout-two_w3" / "index.json").read_text())
     assert len(index) == 6 and all("prompt" in v and "seed" in v for v in index.values())
 

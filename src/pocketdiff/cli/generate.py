@@ -112,10 +112,13 @@ def eval_cmd(
             results.append(r.as_dict())
     table = Table(title=f"{model} ({'unet ' + str(unet) if unet else 'its own UNet'}), {steps} {scheduler} steps")
     attrs = sorted({a for r in results for a in r["per_attribute"]})
-    for col in ["prompts", "w", "n", "accuracy", *attrs, "FID", "CLIP"]:
+    for col in ["prompts", "w", "n", "accuracy", "novel / seen pairs", *attrs, "FID", "CLIP"]:
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r["prompt_set"], f"{r['guidance']:g}", str(r["n"]), f"{100 * r['accuracy']:.1f}%",
+        sub = r["subsets"]
+        split = "-" if not sub else " / ".join(
+            f"{100 * sub[k]['accuracy']:.0f}% ({sub[k]['n']})" if k in sub else "-" for k in ("novel_pairs", "seen_pairs"))
+        table.add_row(r["prompt_set"], f"{r['guidance']:g}", str(r["n"]), f"{100 * r['accuracy']:.1f}%", split,
                       *[f"{100 * r['per_attribute'].get(a, float('nan')):.1f}" for a in attrs],
                       "-" if r["fid"] is None else f"{r['fid']:.2f}",
                       "-" if r["clip_score"] is None else f"{r['clip_score']:.2f}")

@@ -311,7 +311,8 @@ def judge(image: np.ndarray, prompt: str | ParsedPrompt) -> dict[str, bool]:
 
 
 def evaluate(images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict:
-    """Judge many images: {"accuracy": all-correct fraction, "per_attribute": {attr: accuracy}, "n": count}."""
+    """Judge many images: {"accuracy": all-correct fraction, "per_attribute": {attr: accuracy}, "n": count,
+    "correct": per-image verdicts}."""
     if len(images) != len(prompts):
         raise DataError(f"got {len(images)} images but {len(prompts)} prompts")
     if not prompts:
@@ -323,4 +324,5 @@ def evaluate(images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict:
         if values:
             per_attribute[attr] = float(np.mean(values))
     accuracy = float(np.mean([r["correct"] for r in results]))
-    return {"accuracy": accuracy, "per_attribute": per_attribute, "n": len(results)}
+    return {"accuracy": accuracy, "per_attribute": per_attribute, "n": len(results),
+            "correct": [bool(r["correct"]) for r in results]}

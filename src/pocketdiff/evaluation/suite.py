@@ -60,6 +60,8 @@ class EvalResult:
     fid: float | None
     clip_score: float | None
     latency_ms: dict = field(default_factory=dict)  # per image: text_encoder, unet_total, decoder, total
+    # accuracy on the held-out scenes with a colour-shape pair training never shows ("novel_pairs") and on the rest
+    subsets: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -88,6 +90,15 @@ def evaluate_pipeline(pipe, prompt_set: str = "heldout-single", steps: int = 50,
     latency = {k: sum(t[k] for _, t in timings) / n for k in timings[0][1]}
 
     judged = judge_all(list(images), prompts)
+    subsets = {}
+    if all(s is not None for s in scenes):
+        from ..data.shapes import HELDOUT_PAIRS
+
+        novel = np.array([any((o.color, o.shape) in HELDOUT_PAIRS for o in s.objects) for s in scenes])
+        correct = np.array(judged["correct"])
+        for name, mask in (("novel_pairs", novel), ("seen_pairs", ~novel)):
+            if mask.any():
+                subsets[name] = {"n": int(mask.sum()), "accuracy": float(correct[mask].mean())}
     real = real_images(scenes)
     fid = None
     if real is not None:
@@ -103,7 +114,7 @@ def evaluate_pipeline(pipe, prompt_set: str = "heldout-single", steps: int = 50,
         save_image_folder(images, prompts, [seed + i for i in range(n)], Path(save_images))
     return EvalResult(prompt_set=prompt_set, steps=steps, guidance=guidance, scheduler=scheduler, n=n,
                       accuracy=judged["accuracy"], per_attribute=judged["per_attribute"], fid=fid, clip_score=clip,
-                      latency_ms=latency)
+                      latency_ms=latency, subsets=subsets)
 
 
 def save_image_folder(images: np.ndarray, prompts: list[str], seeds: list[int], out: Path) -> None:
