@@ -21,6 +21,22 @@ def test_generate_writes_png_and_is_deterministic(quick_model_dir, tmp_path):
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
 
+def test_generate_defaults_to_the_rows_marked_default(quick_model_dir, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for c in quick_model_dir.iterdir():
+        (model / c.name).symlink_to(c)
+    (model / "demo.json").write_text(json.dumps([
+        {"name": "teacher", "steps": 50, "guidance": 2.0},
+        {"name": "fast", "steps": 1, "guidance": 1.0, "unet": "unet", "default": True}]))
+    r = run("generate", "a red circle", "--model", str(model), "-o", str(tmp_path / "a.png"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("fast: 1 ddim steps, w 1;") and "(1 calls)" in r.stdout
+    r = run("generate", "a red circle", "--model", str(model), "--steps", "2", "--guidance", "3",
+            "-o", str(tmp_path / "b.png"))
+    assert "fast: 2 ddim steps, w 3;" in r.stdout and "(2 calls)" in r.stdout  # what is given wins
+
+
 def test_generate_bad_input_exits_2_without_traceback(tmp_path):
     r = run("generate", "a red circle", "--model", str(tmp_path / "missing"))
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr

@@ -41,9 +41,10 @@ def generate(
     model: Path = typer.Option(DEFAULT_MODEL, "--model", help="model directory (shapes world or SD-1.5, diffusers layout)"),
     unet: Path = typer.Option(None, "--unet", help="use this UNet directory instead of the model's"),
     vae: Path = typer.Option(None, "--vae", help="use this VAE directory instead of the model's"),
-    steps: int = typer.Option(50, "--steps"),
-    guidance: float = typer.Option(3.0, "--guidance", help="classifier-free guidance scale (1 = off)"),
-    scheduler: str = typer.Option("ddim", "--scheduler", help=SCHEDULER_HELP),
+    steps: int = typer.Option(None, "--steps", help="default: the model's default row in demo.json, else 50"),
+    guidance: float = typer.Option(None, "--guidance", help="classifier-free guidance scale (1 = off); default: "
+                                   "the model's default row in demo.json, else 3"),
+    scheduler: str = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
     seed: int = typer.Option(0, "--seed", help="image i uses seed+i: same seed, same image"),
     cols: int = typer.Option(8, "--cols", help="grid columns"),
     out: Path = typer.Option(Path("out.png"), "-o", "--out"),
@@ -59,12 +60,19 @@ def generate(
         prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise DataError('give a prompt ("a red circle left of a blue square") or --prompts-file FILE')
+    # without --unet, the model's default row (e.g. the shipped 8-step student) fills what the user did not set
+    default = default_variant(model) if unet is None else {}
+    unet, vae = unet or default.get("unet"), vae or default.get("vae")
+    steps = steps or default.get("steps", 50)
+    guidance = guidance if guidance is not None else default.get("guidance", 3.0)
+    scheduler = scheduler or default.get("scheduler", "ddim")
     pipe = _pipe(model, unet, vae, scheduler, threads)
     gen = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
     image = gen.images[0] if len(prompts) == 1 else make_grid(gen.images, cols=cols)
     _save_png(image, out)
     t = gen.timings
-    typer.echo(f"wrote {out} ({len(prompts)} image(s)); text encoder {t.text_encoder:.0f} ms, "
+    typer.echo(f"{default['name']}: " if default else "", nl=False)
+    typer.echo(f"{steps} {scheduler} steps, w {guidance:g}; wrote {out} ({len(prompts)} image(s)); text encoder {t.text_encoder:.0f} ms, "
                f"UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), decoder {t.decoder:.0f} ms")
 
 
@@ -199,6 +207,11 @@ def demo_variants(model: Path) -> list[dict]:
                 r[k] = model / r[k]
         rows.append(r)
     return rows
+
+
+def default_variant(model: Path) -> dict:
+    """The demo.json row marked `"default": true` (what `pocketdiff generate` runs when no --unet is given), or {}."""
+    return next((r for r in demo_variants(model) if r.get("default")), {}) if (model / "demo.json").is_file() else {}
 
 
 def write_report(out: Path, rows: list[dict], n: int) -> None:
