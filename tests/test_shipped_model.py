@@ -25,3 +25,15 @@ def test_shipped_pipeline_generates_deterministically():
     b = pipe(["a red circle on the left", "a blue square above a yellow triangle"], num_inference_steps=4,
              guidance_scale=3.0, seed=0).images
     assert a.shape == (2, 64, 64, 3) and np.array_equal(a, b)
+
+
+def test_demo_rows_name_shipped_components_and_one_default():
+    from pocketdiff.cli.generate import default_variant, demo_variants
+
+    rows = demo_variants(MODEL)
+    for r in rows:
+        for k in ("unet", "vae"):
+            if r.get(k):
+                assert (r[k] / "config.json").is_file(), r
+    assert sum(bool(r.get("default")) for r in rows) == 1
+    assert default_variant(MODEL)["steps"] < 50  # generate's default is the step-distilled student
