@@ -196,7 +196,7 @@ def test_presets_and_overrides():
     assert cfg.max_steps == 5 and cfg.seed == 3 and cfg.lr == 1e-3  # "1.0e-3" parsed as float
     assert cfg.options.kl_weight == 1e-5 and cfg.options.block_out_channels == [8, 8, 16]
     full = load_config(CONFIGS / "vae.yaml")
-    assert full.options.block_out_channels == [16, 32, 64] and full.options.kl_weight == 1e-6
+    assert full.options.block_out_channels == [16, 32, 64] and full.options.kl_weight == 1.2288e-2
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set(["max_steps"])
 
