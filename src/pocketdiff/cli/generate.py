@@ -71,9 +71,10 @@ def generate(
     image = gen.images[0] if len(prompts) == 1 else make_grid(gen.images, cols=cols)
     _save_png(image, out)
     t = gen.timings
-    typer.echo(f"{default['name']}: " if default else "", nl=False)
-    typer.echo(f"{steps} {scheduler} steps, w {guidance:g}; wrote {out} ({len(prompts)} image(s)); text encoder {t.text_encoder:.0f} ms, "
-               f"UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), decoder {t.decoder:.0f} ms")
+    name = f"{default['name']}: " if default else ""
+    typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; wrote {out} ({len(prompts)} image(s)); "
+               f"text encoder {t.text_encoder:.0f} ms, UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), "
+               f"decoder {t.decoder:.0f} ms")
 
 
 def _parse_floats(values: list[str]) -> list[float]:
@@ -211,7 +212,7 @@ def demo_variants(model: Path) -> list[dict]:
 
 def default_variant(model: Path) -> dict:
     """The demo.json row marked `"default": true` (what `pocketdiff generate` runs when no --unet is given), or {}."""
-    return next((r for r in demo_variants(model) if r.get("default")), {}) if (model / "demo.json").is_file() else {}
+    return next((r for r in demo_variants(model) if r.get("default")), {})
 
 
 def write_report(out: Path, rows: list[dict], n: int) -> None:
