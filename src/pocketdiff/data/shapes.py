@@ -387,6 +387,12 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] (clamped) -> uint8 (..., H, W, 3): the inverse of `to_tensor`."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
 def make_batch(
     rng: np.random.Generator,
     batch_size: int,

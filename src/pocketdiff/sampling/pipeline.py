@@ -129,9 +129,9 @@ class TextToImagePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
-        x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 1).cpu().numpy()
+        from ..data.shapes import to_uint8
+
+        return to_uint8(self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample)
 
 
 def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae_dir: str | Path | None = None,

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pocketdiff.data.shapes import to_uint8
 from pocketdiff.errors import DataError, ModelDirError
 from pocketdiff.training.loop import Stage, make_grid, random_batch
 
@@ -232,7 +233,7 @@ class DecoderStage(Stage):
         """Top row: teacher decoder; bottom row: student, on the first 8 held-out latents."""
         s, t = self._decode_both(models["vae"], frozen["teacher"], self.eval_z[:8])
         both = torch.cat([t, s])
-        return make_grid(((both + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy(), cols=len(t))
+        return make_grid(to_uint8(both), cols=len(t))
 
     def evaluate(self, models, frozen):
         from pocketdiff.pruning.decoder import param_count

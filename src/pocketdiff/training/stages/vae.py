@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from pocketdiff.data.shapes import to_uint8
 from pocketdiff.errors import DataError, ModelDirError
 from pocketdiff.training.loop import Stage, make_grid, random_batch
 
@@ -72,21 +73,17 @@ def heldout_images(n: int = 400, seed: int = EVAL_SEED, size: int = 64, with_pro
 def evaluate_vae(vae: AutoencoderKL | str | Path, n: int = 400, batch_size: int = 50) -> dict[str, float]:
     """Held-out reconstructions (encode -> posterior mode -> decode): PSNR (mean and 5th percentile, dB) and the
     judge's compositional accuracy on one- and two-object scenes, the ceiling of a diffusion model on this VAE."""
-    from pocketdiff.evaluation.judge import judge
+    from pocketdiff.evaluation.judge import evaluate as judge
 
     if not isinstance(vae, AutoencoderKL):
         vae = load_vae(vae)
     vae.eval()
     images, prompts, counts = heldout_images(n, size=vae.config.sample_size, with_prompts=True)
     device, dtype = vae.device, vae.dtype
-    scores, correct = [], []
-    for start in range(0, n, batch_size):
-        chunk = images[start:start + batch_size]
-        rec = vae.decode(vae.encode(chunk.to(device, dtype)).latent_dist.mode()).sample.float().cpu()
-        scores.append(psnr(rec, chunk))
-        pixels = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        correct += [judge(im, p)["correct"] for im, p in zip(pixels, prompts[start:start + batch_size])]
-    s = torch.cat(scores)
+    rec = torch.cat([vae.decode(vae.encode(chunk.to(device, dtype)).latent_dist.mode()).sample.float().cpu()
+                     for chunk in images.split(batch_size)])
+    s = psnr(rec, images)
+    correct = judge(list(to_uint8(rec)), prompts)["correct"]
     result = {"eval_psnr": s.mean().item(), "eval_psnr_p05": s.quantile(0.05).item()}
     for k, name in ((1, "single"), (2, "two")):
         verdicts = [c for c, m in zip(correct, counts) if m == k]
@@ -190,13 +187,13 @@ class VAEStage(Stage):
         x = heldout_images(8)
         rec = models["vae"].decode(models["vae"].encode(x).latent_dist.mode()).sample.float()
         both = torch.cat([x, rec.clamp(-1, 1)])
-        return make_grid(((both + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy(), cols=8)
+        return make_grid(to_uint8(both), cols=8)
 
     def evaluate(self, models, frozen):
         return evaluate_vae(models["vae"], n=self.opts.eval_images)
 
     @torch.no_grad()
-    def latent_std(self, vae: AutoencoderKL) -> float:
+    def measure_latent_std(self, vae: AutoencoderKL) -> float:
         rng = np.random.default_rng(SCALING_SEED)
         latents = []
         for start in range(0, self.opts.scaling_samples, 64):
@@ -207,6 +204,6 @@ class VAEStage(Stage):
 
     def export(self, models, frozen, export_dir: Path) -> None:
         vae = models["vae"]
-        std = self.latent_std(vae)
+        std = self.measure_latent_std(vae)
         vae.register_to_config(scaling_factor=self.opts.latent_std / std)
         vae.save_pretrained(str(export_dir))
