@@ -199,6 +199,8 @@ def test_presets_and_overrides():
     assert full.options.block_out_channels == [16, 32, 64] and full.options.kl_weight == 1.2288e-2
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set(["max_steps"])
+    # YAML 1.1 reads a bare `no` as false: `--set mixed_precision=no` still means "no"
+    assert load_config(CONFIGS / "vae.yaml", overrides=parse_set(["mixed_precision=no"])).mixed_precision == "no"
 
 
 def test_cli_errors(tmp_path):
