@@ -57,6 +57,22 @@ def test_vanilla_loss_matches_the_hand_computation():
     assert torch.allclose(v_cond, 0.25 * z)  # the student's v(c), reused by L_ori
 
 
+def test_a_k_step_teacher_chains_its_ddim_steps():
+    # a teacher taking 3 DDIM steps 3 -> 2 -> 1 -> 0 for the student's one step 3 -> 0
+    z, k_t = 1.0, 0.5
+    z_end = z
+    for u, n in ((3, 2), (2, 1), (1, 0)):
+        (a, s), (a1, s1) = AS[u], AS[n]
+        v = k_t * z_end
+        z_end = a1 * (a * z_end - s * v) + s1 * (s * z_end + a * v)
+    (a, s), (a2, s2) = AS[3], AS[0]
+    target = (z_end - s2 / s * z) / (a2 - s2 / s * a)  # sigma_0 = 0 here: the target is z_end itself
+    x_student = a * z - s * 0.25 * z
+    loss, _ = step_distillation_loss(linear(0.25), linear(k_t), torch.ones(1, 1, 1, 1), torch.tensor([3]),
+                                     torch.tensor([[2, 1]]), torch.tensor([0]), SCHED, torch.ones(1))
+    assert loss.item() == pytest.approx(max(a * a / (s * s), 1.0) * (x_student - target) ** 2, rel=1e-5)
+
+
 def test_cfg_loss_guides_every_unet_output():
     # v(c) = k_c z and v(empty) = k_u z: the guided v~ = (w k_c - (w-1) k_u) z, a linear model again
     z, t, t1, t2 = z_and_ts()
@@ -148,5 +164,8 @@ def test_distillation_grid_halves_the_teachers_ddim_grid():
     grid = distillation_grid(cfg, 32, 16)
     assert grid.shape == (16, 3) and grid[0].tolist() == [999, 968, 937] and grid[-1].tolist() == [61, 30, -1]
     assert (grid[1:, 0] == grid[:-1, 2]).all() and (grid[:, 0] > grid[:, 1]).all() and (grid[:, 1] > grid[:, 2]).all()
-    with pytest.raises(ValueError, match="2 x student_steps"):
-        distillation_grid(cfg, 32, 8)
+    four = distillation_grid(cfg, 32, 8)  # a 32-step teacher for an 8-step student: 4 teacher steps per student step
+    assert four.shape == (8, 5)  # row i: the 16-step grid's rows 2i and 2i + 1, joined
+    assert (four == torch.cat([grid[0::2], grid[1::2, 1:]], 1)).all()
+    with pytest.raises(ValueError, match="multiple >= 2"):
+        distillation_grid(cfg, 24, 16)

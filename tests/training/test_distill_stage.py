@@ -79,7 +79,7 @@ def test_student_from_a_preset_is_initialised_from_the_teacher(quick_model_dir):
 
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="teacher_steps"):
-        load_config("configs/shapes/distill.yaml", None, {"options": {"teacher_steps": 32, "student_steps": 8}})
+        load_config("configs/shapes/distill.yaml", None, {"options": {"teacher_steps": 24, "student_steps": 16}})
     with pytest.raises(ConfigError, match="gamma"):
         load_config("configs/shapes/distill.yaml", None, {"options": {"gamma": "big"}})
     cfg = load_config("configs/shapes/distill.yaml", None, {"options": {"gamma": 0.2, "w_range": [1, 3]}})

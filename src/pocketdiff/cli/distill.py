@@ -33,7 +33,7 @@ def steps(
     teacher: Path = typer.Option(None, "--teacher", help="teacher model dir (text encoder, VAE, scheduler, unet/)"),
     teacher_unet: Path = typer.Option(None, "--teacher-unet", help="another teacher UNet dir (e.g. the 16-step student)"),
     student: str = typer.Option(None, "--student", help="init: a UNet dir or a preset/spec [default: the teacher]"),
-    teacher_steps: int = typer.Option(None, "--teacher-steps", help="teacher DDIM steps (2 x --student-steps)"),
+    teacher_steps: int = typer.Option(None, "--teacher-steps", help="teacher DDIM steps: 2 x --student-steps (SnapFusion), or another multiple"),
     student_steps: int = typer.Option(None, "--student-steps", help="student DDIM steps"),
     p: float = typer.Option(None, "--p", help="probability of the CFG loss (else vanilla)"),
     w_range: tuple[float, float] = typer.Option(None, "--w-range", show_default=False,

@@ -3,7 +3,7 @@
 Notation (v-prediction, Salimans & Ho 2022; variance preserving, alpha_t^2 + sigma_t^2 = 1):
     z_t = alpha_t x + sigma_t eps,   v = alpha_t eps - sigma_t x,
     x_hat = alpha_t z_t - sigma_t v_hat,   eps_hat = sigma_t z_t + alpha_t v_hat.
-The teacher takes two DDIM steps t -> t' -> t''; the student one step t -> t''. The student's target is the x that
+The teacher takes two DDIM steps t -> t' -> t'' (k >= 2 steps as an option); the student one step t -> t''. The student's target is the x that
 makes its single DDIM step land where the teacher's two steps landed (`distillation_target`); the loss is in x-space
 with the truncated SNR weight. The CFG variant replaces every UNet output (the teacher's two and the student's one) by
 the guided v~ = w v(c) - (w - 1) v(empty), w ~ U[w_min, w_max]. Training mixes the two with probability p and adds the
@@ -88,17 +88,20 @@ def step_distillation_loss(student: VFn, teacher: VFn, z_t, t, t_mid, t_end, sch
         student:  x_hat = alpha_t z_t - sigma_t v_S(t, z_t)
         loss:     max(alpha_t^2 / sigma_t^2, 1) || x_hat - (z_t'' - (sigma_t''/sigma_t) z_t)
                                                           / (alpha_t'' - (sigma_t''/sigma_t) alpha_t) ||^2
-    where in the CFG loss every v (the teacher's two, the student's one) is v~ = w v(c) - (w - 1) v(empty).
-    `student`, `teacher`: (z, t, context) -> v; `t`, `t_mid`, `t_end`: integer steps [B] (t_end may be -1).
+    where in the CFG loss every v (the teacher's, the student's one) is v~ = w v(c) - (w - 1) v(empty).
+    `student`, `teacher`: (z, t, context) -> v; `t`, `t_end`: integer steps [B] (t_end may be -1); `t_mid`: the
+    teacher's intermediate point t' [B] (SnapFusion's two teacher steps), or [B, k - 1] points for a teacher taking
+    k DDIM steps per student step (a 32-step teacher for an 8-step student: k = 4; our extension, for the ablation).
     Returns (loss [B], the student's conditional v(c) [B, ...]) so that L_ori reuses the student's forward pass.
     """
-    (a_t, s_t), (a_m, s_m), (a_e, s_e) = (alpha_sigma(scheduler, u, z_t.ndim) for u in (t, t_mid, t_end))
+    a_t, s_t = alpha_sigma(scheduler, t, z_t.ndim)
     with torch.no_grad():
-        v_T, _ = predict_v(teacher, z_t, t, cond, uncond, w)
-        z_mid = ddim_step(z_t, v_T, a_t, s_t, a_m, s_m)  # teacher step 1: t -> t'
-        v_T, _ = predict_v(teacher, z_mid, t_mid, cond, uncond, w)
-        z_end = ddim_step(z_mid, v_T, a_m, s_m, a_e, s_e)  # teacher step 2: t' -> t''
-        x_tilde = distillation_target(z_t, z_end, a_t, s_t, a_e, s_e)
+        z, u, a_u, s_u = z_t, t, a_t, s_t
+        for u_next in (*t_mid.reshape(len(t), -1).unbind(1), t_end):  # teacher steps t -> t' (-> ...) -> t''
+            v_T, _ = predict_v(teacher, z, u, cond, uncond, w)
+            a_n, s_n = alpha_sigma(scheduler, u_next, z_t.ndim)
+            z, u, a_u, s_u = ddim_step(z, v_T, a_u, s_u, a_n, s_n), u_next, a_n, s_n
+        x_tilde = distillation_target(z_t, z, a_t, s_t, a_u, s_u)
     v_S, v_S_cond = predict_v(student, z_t, t, cond, uncond, w)
     x_hat = a_t * z_t - s_t * v_S  # the student's one step, in x-space
     return truncated_snr_weight(a_t, s_t).flatten() * mean_flat((x_hat - x_tilde) ** 2), v_S_cond
@@ -111,17 +114,19 @@ def auto_gamma(l_dstl: torch.Tensor, l_ori: torch.Tensor) -> torch.Tensor:
 
 
 def distillation_grid(scheduler_config: dict, teacher_steps: int, student_steps: int) -> torch.Tensor:
-    """The (t, t', t'') triplets of the student's steps, [student_steps, 3] int64.
+    """The teacher's path over each student step, [student_steps, k + 1] int64 with k = teacher_steps / student_steps
+    (SnapFusion: k = 2, rows (t, t', t'')).
 
-    t runs over the student's own DDIM grid (what `make_scheduler("ddim")` samples it with at `student_steps`),
-    t'' is the next student step (-1 after the last), t' the teacher's DDIM grid point between them: the teacher's
-    grid of `teacher_steps` = 2 x `student_steps` points, every second one of which must be a student step (true for
-    "trailing" spacing, our noise schedule's, when T / student_steps divides evenly enough; an error otherwise)."""
+    t runs over the student's own DDIM grid (what `make_scheduler("ddim")` samples it with at `student_steps`), the
+    last column is the next student step (-1 after the last), the columns between are the teacher's DDIM grid points
+    in between: every k-th point of the teacher's grid must be a student step (true for "trailing" spacing, our noise
+    schedule's, when T / student_steps divides evenly enough; an error otherwise)."""
     from diffusers import DDIMScheduler
 
-    if teacher_steps != 2 * student_steps:
-        raise ValueError(f"teacher_steps ({teacher_steps}) must be 2 x student_steps ({student_steps}): each student "
-                         "step spans two teacher DDIM steps (one halving per run; chain runs for 64 -> 32 -> 16 -> 8)")
+    k = teacher_steps // student_steps
+    if k < 2 or k * student_steps != teacher_steps:
+        raise ValueError(f"teacher_steps ({teacher_steps}) must be a multiple >= 2 of student_steps ({student_steps}): "
+                         "each student step spans k teacher DDIM steps (SnapFusion: k = 2, one halving per run)")
 
     def grid(n: int) -> list[int]:
         s = DDIMScheduler.from_config(scheduler_config)
@@ -130,11 +135,11 @@ def distillation_grid(scheduler_config: dict, teacher_steps: int, student_steps:
 
     teacher = grid(teacher_steps) + [-1]
     student = grid(student_steps)
-    if teacher[0::2][:-1] != student:
-        raise ValueError(f"the {student_steps}-step DDIM grid {student[:4]}... is not every second point of the "
+    if teacher[0::k][:-1] != student:
+        raise ValueError(f"the {student_steps}-step DDIM grid {student[:4]}... is not every {k}-th point of the "
                          f"{teacher_steps}-step grid {teacher[:4]}... (timestep_spacing="
                          f"{scheduler_config.get('timestep_spacing')!r}; use 'trailing')")
-    return torch.tensor(np.stack([teacher[0:-1:2], teacher[1::2], teacher[2::2]], axis=1), dtype=torch.long)
+    return torch.tensor([teacher[i * k:i * k + k + 1] for i in range(student_steps)], dtype=torch.long)
 
 
 __all__ = ["alpha_sigma", "auto_gamma", "ddim_step", "distillation_grid", "distillation_target", "guided", "mean_flat",
