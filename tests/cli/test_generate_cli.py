@@ -51,6 +51,7 @@ def test_eval_json_and_saved_images(quick_model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert len(data["results"]) == 2
+    assert data["model"] == str(quick_model_dir) and data["unet"] is None  # which weights were judged
     for key in ("accuracy", "per_attribute", "fid", "clip_score"):
         assert key in data["results"][0]
     for r in data["results"]:  # the novel-pair / seen-pair split partitions the prompts

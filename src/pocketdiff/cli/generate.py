@@ -133,10 +133,8 @@ def eval_cmd(
                       "-" if r["clip_score"] is None else f"{r['clip_score']:.2f}")
     Console().print(table)
     if json_path:
-        payload = results[0] if len(results) == 1 else {"results": results}
-        if len(results) == 1:
-            payload = {**results[0], "results": results}
-        write_json(json_path, payload)
+        what = {"model": str(model), "unet": unet and str(unet), "vae": vae and str(vae)}  # which weights were judged
+        write_json(json_path, {**what, **(results[0] if len(results) == 1 else {}), "results": results})
 
 
 def demo(
