@@ -36,4 +36,4 @@ def test_demo_rows_name_shipped_components_and_one_default():
             if r.get(k):
                 assert (r[k] / "config.json").is_file(), r
     assert sum(bool(r.get("default")) for r in rows) == 1
-    assert default_variant(MODEL)["steps"] < 50  # generate's default is the step-distilled student
+    assert default_variant(MODEL)["steps"] < 50  # generate's default is a few-step sampler (docs/distillation.md)
