@@ -3,11 +3,11 @@
 Notation (v-prediction, Salimans & Ho 2022; variance preserving, alpha_t^2 + sigma_t^2 = 1):
     z_t = alpha_t x + sigma_t eps,   v = alpha_t eps - sigma_t x,
     x_hat = alpha_t z_t - sigma_t v_hat,   eps_hat = sigma_t z_t + alpha_t v_hat.
-The teacher takes two DDIM steps t -> t' -> t'' (k >= 2 steps as an option); the student one step t -> t''. The student's target is the x that
-makes its single DDIM step land where the teacher's two steps landed (`distillation_target`); the loss is in x-space
-with the truncated SNR weight. The CFG variant replaces every UNet output (the teacher's two and the student's one) by
-the guided v~ = w v(c) - (w - 1) v(empty), w ~ U[w_min, w_max]. Training mixes the two with probability p and adds the
-student's original v-prediction loss: L = L_dstl + gamma L_ori.
+The teacher takes two DDIM steps t -> t' -> t'' (k >= 2 steps as an option); the student one step t -> t''. The
+student's target is the x that makes its single DDIM step land where the teacher's steps landed
+(`distillation_target`); the loss is in x-space with the truncated SNR weight. The CFG variant replaces every UNet
+output (the teacher's and the student's) by the guided v~ = w v(c) - (w - 1) v(empty), w ~ U[w_min, w_max].
+Training mixes the two with probability p and adds the student's original v-prediction loss: L = L_dstl + gamma L_ori.
 
 Timesteps are the DDPM scheduler's integer steps 0..T-1 (the paper's continuous t in [0, 1] is (t + 1) / T); t = -1
 is the end of sampling, where diffusers' DDIM (`set_alpha_to_one=False`, our `make_scheduler("ddim")`) lands:
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 
 # a UNet as the losses see it: (z, t, context) -> v
