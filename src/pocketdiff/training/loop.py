@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,7 +52,7 @@ from pocketdiff.training.config import TrainConfig
 CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD = "checkpoint", "ckpt.tmp", "checkpoint.old"
 
 
-class Stage:
+class Stage(ABC):
     """One trainable component of the pipeline. Subclass it, set `name` and `Options`, register it in
     `pocketdiff.training.stages.STAGES`.
 
@@ -75,19 +76,21 @@ class Stage:
         self.cfg = cfg
         self.opts = cfg.options
 
+    @abstractmethod
     def build(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
+        """The trainable modules by name; {} when there is nothing to optimise."""
 
     def build_frozen(self) -> dict[str, nn.Module]:
         return {}
 
     def get_batch(self, rng: np.random.Generator) -> dict[str, Any]:
-        raise NotImplementedError
+        # required only of stages whose build() returns trainable modules (the tokenizer's has none)
+        raise NotImplementedError(f"stage {self.name!r} has trainable modules but defines no get_batch")
 
     def compute_loss(
         self, models: nn.ModuleDict, frozen: dict[str, nn.Module], batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        raise NotImplementedError(f"stage {self.name!r} has trainable modules but defines no compute_loss")
 
     def sample(self, models: nn.ModuleDict, frozen: dict[str, nn.Module], rng: np.random.Generator) -> np.ndarray | None:
         return None
@@ -95,8 +98,9 @@ class Stage:
     def evaluate(self, models: nn.ModuleDict, frozen: dict[str, nn.Module]) -> dict[str, float]:
         return {}
 
+    @abstractmethod
     def export(self, models: nn.ModuleDict, frozen: dict[str, nn.Module], export_dir: Path) -> None:
-        raise NotImplementedError
+        """Write the deployable component into export_dir."""
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

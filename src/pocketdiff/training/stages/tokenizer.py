@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pocketdiff.errors import DataError
 from pocketdiff.text.tokenizer import CONTEXT_LENGTH, build_tokenizer, words_from_texts
 from pocketdiff.training.loop import Stage
@@ -49,9 +47,6 @@ class TokenizerStage(Stage):
     def build(self):
         self.tokenizer = self.make_tokenizer()
         return {}
-
-    def get_batch(self, rng: np.random.Generator):  # never called: nothing to train
-        raise NotImplementedError
 
     def evaluate(self, models, frozen):
         return {"vocab_size": len(self.tokenizer), "context_length": self.tokenizer.model_max_length}
