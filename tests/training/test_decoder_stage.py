@@ -56,7 +56,7 @@ def test_decoder_stage_pruned_encoder_latents(quick_model_dir, tmp_path):
     torch.manual_seed(0)
     build_vae((16, 16, 32), norm_num_groups=8).save_pretrained(str(tmp_path / "teacher"))  # prunable: 2-4 ch/group
     opts = {"model_dir": str(quick_model_dir), "teacher_vae": str(tmp_path / "teacher"), "student": "pruned",
-            "latents": "encoder"}
+            "latents": "encoder", "edge_weight": 1.0}
     summary = run_stage("decoder", CONFIG, "quick", tmp_path / "run",
                         overrides={"export_dir": str(tmp_path / "pruned"), "max_steps": 2, "sample_every": 0,
                                    "options": opts})
@@ -87,3 +87,26 @@ def test_pipeline_latents_are_cached_once_and_reused(quick_model_dir, tmp_path):
     other = DecoderStage(load_config(CONFIG, "quick", {"options": {**overrides["options"], "sampling_steps": 1}}))
     other.build()
     assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 2  # another key, another file
+
+
+def test_edge_loss_weighs_outlines_not_flat_offsets():
+    from pocketdiff.training.stages.decoder import edge_loss
+
+    square = torch.zeros(1, 3, 16, 16)
+    square[..., 4:12, 4:12] = 1.0
+    assert edge_loss(square, square).item() == 0.0
+    assert edge_loss(square + 0.5, square).item() == 0.0  # a flat offset moves no outline
+    shifted = torch.roll(square, 1, dims=-1)  # the same square one pixel right: the outline moved
+    # along x, each of the 8 rows' two steps moved by one: 4 differences of 1 per row, of 3 x 16 x 15 values;
+    # along y, the top and bottom edges each differ at their two end columns: 4 per channel, of 3 x 15 x 16
+    expected_x = 3 * 8 * 4 / (3 * 16 * 15)
+    expected_y = 3 * 4 / (3 * 15 * 16)
+    assert edge_loss(shifted, square).item() == pytest.approx(expected_x + expected_y)
+
+
+def test_decoder_stage_rejects_a_negative_edge_weight(quick_model_dir, tmp_path):
+    from pocketdiff.cli.train import run_stage
+
+    with pytest.raises(DataError, match="edge_weight"):
+        run_stage("decoder", CONFIG, "quick", tmp_path / "run", overrides={
+            "export_dir": str(tmp_path / "x"), "options": {"model_dir": str(quick_model_dir), "edge_weight": -1}})

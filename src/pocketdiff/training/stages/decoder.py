@@ -1,6 +1,11 @@
 """Stage `decoder`: distil a smaller VAE decoder from the original one (SnapFusion's efficient decoder).
 
     loss = || D_student(z) - D_teacher(z) ||^2          (MSE between the two decoders' images, per SnapFusion)
+         + edge_weight * sum_{x, y} || d(D_student(z)) - d(D_teacher(z)) ||^2      (ours, off by default)
+
+The edge term (`edge_weight`, d = finite difference along x or y) is our addition: SnapFusion uses MSE only. On the
+shapes world the MSE-trained decoder's error sits on object outlines, which is what the judge's shape call reads: at
+the same PSNR it flips 3x more verdicts than random noise does (docs/benchmarks.md).
 
 No paired text-image data is needed: the latents z come from the teacher text-to-image pipeline (`latents:
 pipeline`: prompts -> `sampling_steps` DDIM steps with the teacher UNet and CFG; a bank of `bank_size` latents is
@@ -38,6 +43,11 @@ BANK_SEED = 30_000  # training latents: prompts and initial noise
 EVAL_SEED = 40_000  # held-out latents: seeds no training latent uses
 
 
+def edge_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between the images' finite differences along x and along y (summed): large where outlines differ."""
+    return sum(F.mse_loss(pred.diff(dim=d), target.diff(dim=d)) for d in (-1, -2))
+
+
 class DecoderStage(Stage):
     """Distil a pruned or tiny VAE decoder from the teacher decoder (MSE on images, latents from the teacher)."""
 
@@ -63,6 +73,7 @@ class DecoderStage(Stage):
         two_object_fraction: float = 0.5
         eval_latents: int = 64
         latent_cache: str | None = "runs/decoder_latents"  # reuse pipeline latents across runs (None: regenerate)
+        edge_weight: float = 0.0  # weight of the edge term (MSE of the images' x and y finite differences)
 
     # ------------------------------------------------------------------ setup
     def build_frozen(self):
@@ -80,6 +91,8 @@ class DecoderStage(Stage):
         o = self.opts
         if not 0.0 < o.ratio < 1.0:
             raise DataError(f"options.ratio must be in (0, 1), got {o.ratio}")
+        if o.edge_weight < 0:
+            raise DataError(f"options.edge_weight must be >= 0, got {o.edge_weight}")
         teacher = self.build_frozen()["teacher"]
         self.dataset = open_dataset(o.data, teacher.config.sample_size)
         student = self._student(teacher)
@@ -218,7 +231,11 @@ class DecoderStage(Stage):
             target = teacher.decode(z.to(teacher.dtype)).sample.float()
         pred = models["vae"].decode(z).sample.float()
         mse = F.mse_loss(pred, target)
-        return mse, {"psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
+        logs = {"psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
+        if not self.opts.edge_weight:
+            return mse, logs
+        edge = edge_loss(pred, target)
+        return mse + self.opts.edge_weight * edge, {**logs, "edge": edge.item()}
 
     # ------------------------------------------------------------------ monitoring
     @torch.no_grad()
