@@ -1,6 +1,7 @@
 """The small sweep behind robust training's default drop probability (SnapFusion gives no value).
 
     python scripts/robust_sweep.py --p 0 0.1 0.25 --steps 200 --json docs/results/robust_sweep.json
+        [--teacher models/shapes] [--config configs/shapes/student.yaml] [--reuse 0.1=runs/robust/unet]
 
 For each p: the student stage trains a copy of the teacher for --steps steps with p_drop_tf = p and
 p_drop_res = p / 2 (runs/robust_sweep/p{p}/; `--reuse P=DIR` takes an existing run instead), then the evolving probe
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--p", type=float, nargs="+", default=[0.0, 0.1, 0.25])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--teacher", default="models/shapes")
+    ap.add_argument("--config", default="configs/shapes/student.yaml", help="the student stage's config")
     ap.add_argument("--reuse", action="append", default=[], help="P=UNET_DIR: an existing run for this p")
     ap.add_argument("--probe-prompts", type=int, default=24)
     ap.add_argument("--probe-steps", type=int, default=8)
@@ -40,7 +42,7 @@ def main() -> None:
     for p in a.p:
         unet_dir = Path(reuse.get(p, f"runs/robust_sweep/p{p:g}/unet"))
         if not unet_dir.is_dir():
-            run_stage("student", "configs/shapes/student.yaml", None, unet_dir.parent / "run", overrides={
+            run_stage("student", a.config, None, unet_dir.parent / "run", overrides={
                 "export_dir": str(unet_dir), "max_steps": a.steps, "sample_every": 0,
                 "options": {"teacher_dir": a.teacher, "p_drop_tf": p, "p_drop_res": p / 2}})
         unet = FlexUNet.from_pretrained(unet_dir).eval()
