@@ -1,0 +1,102 @@
+"""Which judge verdicts a decoder flips against the original decoder, and how many random noise at a PSNR flips.
+
+    python scripts/decoder_flips.py --model runs/shapes_c2 --vae original=models/shapes/vae \
+        --vae pruned=models/shapes/vae_pruned [--prompts heldout-single] [--noise-db 30 36 40] [--json PATH]
+
+The teacher pipeline's latents (50 DDIM steps, w 2, seed = prompt index, as benchmarks/shapes_decoders.py) are decoded
+by every --vae; each decoder's verdicts are compared with the first one's: verdicts lost and gained, and which
+attribute changed. Then Gaussian noise (white, and blurred: low-frequency) is added to the first decoder's images at
+each --noise-db PSNR, three seeds each: a decoder whose error is noise-like should flip about as many verdicts as
+noise at its PSNR does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pocketdiff.evaluation.judge import judge
+from pocketdiff.evaluation.suite import load_prompts
+from pocketdiff.profiling.lut import write_json_atomic
+from pocketdiff.pruning.decoder import vae_class
+from pocketdiff.sampling.pipeline import load_pipeline
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def verdicts(images: np.ndarray, prompts: list[str]) -> list[dict]:
+    return [judge(im, p) for im, p in zip(images, prompts)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=Path("models/shapes"))
+    ap.add_argument("--vae", action="append", required=True, help="NAME=DIR (the first is the reference)")
+    ap.add_argument("--prompts", default="heldout-single")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--noise-db", type=float, nargs="*", default=[30, 36, 40])
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+
+    prompts, _ = load_prompts(a.prompts, None)
+    pipe = load_pipeline(a.model)
+    z = torch.cat([torch.from_numpy(pipe(prompts[i:i + 50], num_inference_steps=a.steps, guidance_scale=a.guidance,
+                                         seed=list(range(i, min(i + 50, len(prompts)))), decode=False).images)
+                   for i in range(0, len(prompts), 50)]).float()
+    images = {}
+    with torch.no_grad():
+        for item in a.vae:
+            name, _, path = item.partition("=")
+            vae = vae_class(Path(path)).from_pretrained(path).eval()
+            images[name] = torch.cat([vae.decode(c / vae.config.scaling_factor).sample.float() for c in z.split(50)])
+    ref_name = next(iter(images))
+    ref = verdicts(to_uint8(images[ref_name]), prompts)
+    report = {"prompts": a.prompts, "steps": a.steps, "guidance": a.guidance,
+              "reference": {"name": ref_name, "accuracy": float(np.mean([r["correct"] for r in ref]))},
+              "decoders": {}, "noise": []}
+
+    def compare(new: list[dict]) -> dict:
+        lost = [i for i in range(len(ref)) if ref[i]["correct"] and not new[i]["correct"]]
+        gained = [i for i in range(len(ref)) if new[i]["correct"] and not ref[i]["correct"]]
+        changed = collections.Counter(k for i in lost + gained for k in ref[i] if k != "correct" and ref[i][k] != new[i][k])
+        return {"accuracy": float(np.mean([r["correct"] for r in new])), "lost": len(lost), "gained": len(gained),
+                "attributes_changed": dict(changed), "lost_prompts": [prompts[i] for i in lost]}
+
+    for name, x in list(images.items())[1:]:
+        mse = ((x.clamp(-1, 1) - images[ref_name].clamp(-1, 1)) ** 2).mean() / 4
+        report["decoders"][name] = {"psnr": float(10 * torch.log10(1 / mse)), **compare(verdicts(to_uint8(x), prompts))}
+        r = report["decoders"][name]
+        print(f"{name}: {r['psnr']:.1f} dB, accuracy {100 * r['accuracy']:.1f}% (reference "
+              f"{100 * report['reference']['accuracy']:.1f}%), lost {r['lost']}, gained {r['gained']}, "
+              f"attributes {r['attributes_changed']}")
+    x = images[ref_name].clamp(-1, 1)
+    blur = torch.ones(3, 1, 3, 3) / 9
+    for db in a.noise_db:
+        for kind in ("white", "blurred"):
+            for seed in range(3):
+                n = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+                if kind == "blurred":
+                    for _ in range(2):
+                        n = F.conv2d(n, blur, padding=1, groups=3)
+                    n = n / n.std()
+                sigma = 2 * 10 ** (-db / 20)  # images span 2: PSNR = 10 log10(4 / MSE)
+                r = compare(verdicts(to_uint8(x + sigma * n), prompts))
+                report["noise"].append({"db": db, "kind": kind, "seed": seed, **{k: r[k] for k in
+                                        ("accuracy", "lost", "gained")}})
+            rows = [r for r in report["noise"] if r["db"] == db and r["kind"] == kind]
+            print(f"noise {db:g} dB {kind}: accuracy {100 * np.mean([r['accuracy'] for r in rows]):.1f}%, "
+                  f"lost {np.mean([r['lost'] for r in rows]):.1f}, gained {np.mean([r['gained'] for r in rows]):.1f}")
+    if a.json:
+        write_json_atomic(a.json, report)
+
+
+if __name__ == "__main__":
+    main()
