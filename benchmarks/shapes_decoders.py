@@ -22,19 +22,15 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from pocketdiff.data.shapes import to_uint8
 from pocketdiff.evaluation.judge import evaluate as judge
 from pocketdiff.evaluation.suite import load_prompts, real_images
 from pocketdiff.profiling.latency import machine_info
 from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.pruning.decoder import vae_class
 from pocketdiff.sampling.pipeline import load_pipeline
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def main() -> None:

@@ -20,15 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pocketdiff.data.shapes import to_uint8
 from pocketdiff.evaluation.judge import judge
 from pocketdiff.evaluation.suite import load_prompts
 from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.pruning.decoder import vae_class
 from pocketdiff.sampling.pipeline import load_pipeline
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def verdicts(images: np.ndarray, prompts: list[str]) -> list[dict]:
@@ -66,13 +63,15 @@ def main() -> None:
     def compare(new: list[dict]) -> dict:
         lost = [i for i in range(len(ref)) if ref[i]["correct"] and not new[i]["correct"]]
         gained = [i for i in range(len(ref)) if new[i]["correct"] and not ref[i]["correct"]]
-        changed = collections.Counter(k for i in lost + gained for k in ref[i] if k != "correct" and ref[i][k] != new[i][k])
+        changed = collections.Counter(k for i in lost + gained for k in ref[i]
+                                      if k != "correct" and ref[i][k] != new[i][k])
         return {"accuracy": float(np.mean([r["correct"] for r in new])), "lost": len(lost), "gained": len(gained),
                 "attributes_changed": dict(changed), "lost_prompts": [prompts[i] for i in lost]}
 
     for name, x in list(images.items())[1:]:
         mse = ((x.clamp(-1, 1) - images[ref_name].clamp(-1, 1)) ** 2).mean() / 4
-        report["decoders"][name] = {"psnr": float(10 * torch.log10(1 / mse)), **compare(verdicts(to_uint8(x), prompts))}
+        report["decoders"][name] = {"psnr": float(10 * torch.log10(1 / mse)),
+                                    **compare(verdicts(to_uint8(x), prompts))}
         r = report["decoders"][name]
         print(f"{name}: {r['psnr']:.1f} dB, accuracy {100 * r['accuracy']:.1f}% (reference "
               f"{100 * report['reference']['accuracy']:.1f}%), lost {r['lost']}, gained {r['gained']}, "
