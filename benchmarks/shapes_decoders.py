@@ -26,7 +26,7 @@ import torch
 
 from pocketdiff.data.shapes import to_uint8
 from pocketdiff.evaluation.judge import evaluate as judge
-from pocketdiff.evaluation.suite import load_prompts, real_images
+from pocketdiff.evaluation.suite import load_prompts, real_images, sample_prompts
 from pocketdiff.profiling.latency import machine_info
 from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.pruning.decoder import vae_class
@@ -57,12 +57,8 @@ def main() -> None:
                     ("encoder.", "quant_conv."))) / 1e6} for i, (n, v) in enumerate(vaes.items())}
     for pset in ("heldout-single", "heldout-two"):
         prompts, scenes = load_prompts(pset, a.limit)
-        z = []
-        for i in range(0, len(prompts), 50):
-            gen = pipe(prompts[i:i + 50], num_inference_steps=a.steps, guidance_scale=a.guidance,
-                       seed=list(range(i, min(i + 50, len(prompts)))), decode=False)
-            z.append(torch.from_numpy(gen.images))
-        z = torch.cat(z).float()
+        z = torch.cat([torch.from_numpy(g.images) for g in sample_prompts(pipe, prompts, a.steps, a.guidance,
+                                                                          decode=False)]).float()
         images = {}
         with torch.no_grad():
             for name, vae in vaes.items():

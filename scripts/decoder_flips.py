@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from pocketdiff.data.shapes import to_uint8
 from pocketdiff.evaluation.judge import judge
-from pocketdiff.evaluation.suite import load_prompts
+from pocketdiff.evaluation.suite import load_prompts, sample_prompts
 from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.pruning.decoder import vae_class
 from pocketdiff.sampling.pipeline import load_pipeline
@@ -45,9 +45,8 @@ def main() -> None:
 
     prompts, _ = load_prompts(a.prompts, None)
     pipe = load_pipeline(a.model)
-    z = torch.cat([torch.from_numpy(pipe(prompts[i:i + 50], num_inference_steps=a.steps, guidance_scale=a.guidance,
-                                         seed=list(range(i, min(i + 50, len(prompts)))), decode=False).images)
-                   for i in range(0, len(prompts), 50)]).float()
+    z = torch.cat([torch.from_numpy(g.images) for g in sample_prompts(pipe, prompts, a.steps, a.guidance,
+                                                                      decode=False)]).float()
     images = {}
     with torch.no_grad():
         for item in a.vae:

@@ -67,6 +67,20 @@ class EvalResult:
         return dict(self.__dict__)
 
 
+def sample_prompts(pipe, prompts: list[str], steps: int, guidance: float, *, scheduler: str | None = None,
+                   seed: int = 0, batch_size: int = 50, decode: bool = True, desc: str | None = None):
+    """The pipeline over `prompts` in chunks of `batch_size`, prompt i with seed `seed + i` (so every evaluation and
+    benchmark sees the same image, or latent with decode=False, for the same prompt); yields each chunk's output."""
+    chunks = range(0, len(prompts), batch_size)
+    if desc:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=desc, leave=False)
+    for i in chunks:
+        yield pipe(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler,
+                   seed=[seed + j for j in range(i, min(i + batch_size, len(prompts)))], decode=decode)
+
+
 def evaluate_pipeline(pipe, prompt_set: str = "heldout-single", steps: int = 50, guidance: float = 3.0,
                       scheduler: str = "ddim", seed: int = 0, limit: int | None = None, batch_size: int = 50,
                       clip_model_dir: str | Path | None = None, save_images: str | Path | None = None,
@@ -75,14 +89,8 @@ def evaluate_pipeline(pipe, prompt_set: str = "heldout-single", steps: int = 50,
 
     prompts, scenes = load_prompts(prompt_set, limit)
     images, timings = [], []
-    chunks = range(0, len(prompts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc=f"{prompt_set} {steps} steps w={guidance}", leave=False)
-    for i in chunks:
-        gen = pipe(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                   seed=[seed + j for j in range(i, min(i + batch_size, len(prompts)))], scheduler=scheduler)
+    for gen in sample_prompts(pipe, prompts, steps, guidance, scheduler=scheduler, seed=seed, batch_size=batch_size,
+                              desc=f"{prompt_set} {steps} steps w={guidance}" if progress else None):
         images.append(gen.images)
         timings.append((len(gen.images), gen.timings.as_dict()))
     images = np.concatenate(images)
