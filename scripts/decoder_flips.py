@@ -1,11 +1,14 @@
 """Which judge verdicts a decoder flips against the original decoder, and how many random noise at a PSNR flips.
 
     python scripts/decoder_flips.py --model runs/shapes_c2 --vae original=models/shapes/vae \
-        --vae pruned=models/shapes/vae_pruned [--prompts heldout-single] [--noise-db 30 36 40] [--json PATH]
+        --vae pruned=models/shapes/vae_pruned [--prompts heldout-single] [--steps 50] [--seeds 1] \
+        [--noise-db 30 36 40] [--json PATH]
 
 The teacher pipeline's latents (50 DDIM steps, w 2, seed = prompt index, as benchmarks/shapes_decoders.py) are decoded
-by every --vae; each decoder's verdicts are compared with the first one's: verdicts lost and gained, and which
-attribute changed. Then Gaussian noise (white, and blurred: low-frequency) is added to the first decoder's images at
+by every --vae; each decoder's verdicts are compared with the first one's: verdicts lost and gained, which attribute
+changed, and the accuracy change with a 95% interval from the paired per-image differences. With --seeds K every
+prompt is sampled K times (seeds i, 1000 + i, ...): the change one decoder makes is a few flips among hundreds of
+images, so one seed per prompt leaves an interval of +-3 points. Then Gaussian noise (white, and blurred: low-frequency) is added to the first decoder's images at
 each --noise-db PSNR, three seeds each: a decoder whose error is noise-like should flip about as many verdicts as
 noise at its PSNR does.
 """
@@ -39,14 +42,19 @@ def main() -> None:
     ap.add_argument("--prompts", default="heldout-single")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--seeds", type=int, default=1, help="samples per prompt (seeds i, 1000 + i, ...)")
     ap.add_argument("--noise-db", type=float, nargs="*", default=[30, 36, 40])
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
     prompts, _ = load_prompts(a.prompts, None)
-    pipe = load_pipeline(a.model)
-    z = torch.cat([torch.from_numpy(g.images) for g in sample_prompts(pipe, prompts, a.steps, a.guidance,
-                                                                      decode=False)]).float()
+    if len(prompts) > 1000 and a.seeds > 1:
+        raise SystemExit("--seeds > 1 needs at most 1,000 prompts (seed offsets are multiples of 1,000)")
+    pipe = load_pipeline(a.model, scheduler=a.scheduler)
+    z = torch.cat([torch.from_numpy(g.images) for s in range(a.seeds) for g in sample_prompts(
+        pipe, prompts, a.steps, a.guidance, seed=1000 * s, decode=False, desc=f"seed offset {1000 * s}")]).float()
+    prompts = prompts * a.seeds
     images = {}
     with torch.no_grad():
         for item in a.vae:
@@ -55,7 +63,8 @@ def main() -> None:
             images[name] = torch.cat([vae.decode(c / vae.config.scaling_factor).sample.float() for c in z.split(50)])
     ref_name = next(iter(images))
     ref = verdicts(to_uint8(images[ref_name]), prompts)
-    report = {"prompts": a.prompts, "steps": a.steps, "guidance": a.guidance,
+    report = {"prompts": a.prompts, "steps": a.steps, "guidance": a.guidance, "scheduler": a.scheduler,
+              "seeds": a.seeds, "images": len(prompts),
               "reference": {"name": ref_name, "accuracy": float(np.mean([r["correct"] for r in ref]))},
               "decoders": {}, "noise": []}
 
@@ -64,7 +73,10 @@ def main() -> None:
         gained = [i for i in range(len(ref)) if new[i]["correct"] and not ref[i]["correct"]]
         changed = collections.Counter(k for i in lost + gained for k in ref[i]
                                       if k != "correct" and ref[i][k] != new[i][k])
-        return {"accuracy": float(np.mean([r["correct"] for r in new])), "lost": len(lost), "gained": len(gained),
+        d = np.array([float(n["correct"]) - float(r["correct"]) for n, r in zip(new, ref)])
+        half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))  # paired: the same latents, only the decoder differs
+        return {"accuracy": float(np.mean([r["correct"] for r in new])), "change": float(d.mean()),
+                "change_ci95": [float(d.mean() - half), float(d.mean() + half)], "lost": len(lost), "gained": len(gained),
                 "attributes_changed": dict(changed), "lost_prompts": [prompts[i] for i in lost]}
 
     for name, x in list(images.items())[1:]:
@@ -72,8 +84,10 @@ def main() -> None:
         report["decoders"][name] = {"psnr": float(10 * torch.log10(1 / mse)),
                                     **compare(verdicts(to_uint8(x), prompts))}
         r = report["decoders"][name]
+        lo, hi = (100 * c for c in r["change_ci95"])
         print(f"{name}: {r['psnr']:.1f} dB, accuracy {100 * r['accuracy']:.1f}% (reference "
-              f"{100 * report['reference']['accuracy']:.1f}%), lost {r['lost']}, gained {r['gained']}, "
+              f"{100 * report['reference']['accuracy']:.1f}%), change {100 * r['change']:+.1f} points "
+              f"(95% {lo:+.1f} to {hi:+.1f}), lost {r['lost']}, gained {r['gained']}, "
               f"attributes {r['attributes_changed']}")
     x = images[ref_name].clamp(-1, 1)
     blur = torch.ones(3, 1, 3, 3) / 9

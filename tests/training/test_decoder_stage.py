@@ -87,6 +87,11 @@ def test_pipeline_latents_are_cached_once_and_reused(quick_model_dir, tmp_path):
     other = DecoderStage(load_config(CONFIG, "quick", {"options": {**overrides["options"], "sampling_steps": 1}}))
     other.build()
     assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 2  # another key, another file
+    both = DecoderStage(load_config(CONFIG, "quick", {"options": {**overrides["options"], "sampling_steps": [2, 1]}}))
+    both._pipeline_latents = None  # one bank per step count, both cached above
+    both.build()
+    assert torch.equal(both.bank, torch.cat([first.bank, other.bank]))
+    assert torch.equal(both.eval_z, torch.cat([first.eval_z, other.eval_z]))
 
 
 def test_edge_loss_weighs_outlines_not_flat_offsets():
@@ -104,9 +109,11 @@ def test_edge_loss_weighs_outlines_not_flat_offsets():
     assert edge_loss(shifted, square).item() == pytest.approx(expected_x + expected_y)
 
 
-def test_decoder_stage_rejects_a_negative_edge_weight(quick_model_dir, tmp_path):
+@pytest.mark.parametrize("bad", [{"edge_weight": -1}, {"sampling_steps": 0}, {"sampling_steps": []},
+                                 {"sampling_steps": [8, 0]}])
+def test_decoder_stage_rejects_bad_options(quick_model_dir, tmp_path, bad):
     from pocketdiff.cli.train import run_stage
 
-    with pytest.raises(DataError, match="edge_weight"):
+    with pytest.raises(DataError, match=next(iter(bad))):
         run_stage("decoder", CONFIG, "quick", tmp_path / "run", overrides={
-            "export_dir": str(tmp_path / "x"), "options": {"model_dir": str(quick_model_dir), "edge_weight": -1}})
+            "export_dir": str(tmp_path / "x"), "options": {"model_dir": str(quick_model_dir), **bad}})
