@@ -8,9 +8,9 @@ The teacher pipeline's latents (50 DDIM steps, w 2, seed = prompt index, as benc
 by every --vae; each decoder's verdicts are compared with the first one's: verdicts lost and gained, which attribute
 changed, and the accuracy change with a 95% interval from the paired per-image differences. With --seeds K every
 prompt is sampled K times (seeds i, 1000 + i, ...): the change one decoder makes is a few flips among hundreds of
-images, so one seed per prompt leaves an interval of +-3 points. Then Gaussian noise (white, and blurred: low-frequency) is added to the first decoder's images at
-each --noise-db PSNR, three seeds each: a decoder whose error is noise-like should flip about as many verdicts as
-noise at its PSNR does.
+images, so one seed per prompt leaves an interval of +-3 points. Then Gaussian noise (white, and blurred:
+low-frequency) is added to the first decoder's images at each --noise-db PSNR, three seeds each: a decoder whose
+error is noise-like should flip about as many verdicts as noise at its PSNR does.
 """
 
 from __future__ import annotations
