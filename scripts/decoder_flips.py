@@ -76,7 +76,8 @@ def main() -> None:
         d = np.array([float(n["correct"]) - float(r["correct"]) for n, r in zip(new, ref)])
         half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))  # paired: the same latents, only the decoder differs
         return {"accuracy": float(np.mean([r["correct"] for r in new])), "change": float(d.mean()),
-                "change_ci95": [float(d.mean() - half), float(d.mean() + half)], "lost": len(lost), "gained": len(gained),
+                "change_ci95": [float(d.mean() - half), float(d.mean() + half)],
+                "lost": len(lost), "gained": len(gained),
                 "attributes_changed": dict(changed), "lost_prompts": [prompts[i] for i in lost]}
 
     for name, x in list(images.items())[1:]:
