@@ -96,7 +96,7 @@ class DecoderStage(Stage):
             raise DataError(f"options.ratio must be in (0, 1), got {o.ratio}")
         if o.edge_weight < 0:
             raise DataError(f"options.edge_weight must be >= 0, got {o.edge_weight}")
-        if not self._step_counts() or min(self._step_counts()) < 1:
+        if min(self._step_counts(), default=0) < 1:
             raise DataError(f"options.sampling_steps must be >= 1 (or a list of such), got {o.sampling_steps}")
         teacher = self.build_frozen()["teacher"]
         self.dataset = open_dataset(o.data, teacher.config.sample_size)
@@ -163,22 +163,17 @@ class DecoderStage(Stage):
 
     @torch.no_grad()
     def _pipeline_latents(self, prompts: list[str], seed: int, steps: int) -> torch.Tensor:
-        """Teacher pipeline, `decode=False`: [N, C, h, w] latents in diffusion scale (x scaling_factor)."""
+        """Teacher pipeline, `decode=False`: [N, C, h, w] latents in diffusion scale (x scaling_factor); prompt i with
+        seed `seed + i` (`evaluation.suite.sample_prompts`)."""
+        from pocketdiff.evaluation.suite import sample_prompts
         from pocketdiff.sampling.pipeline import load_pipeline
 
         o = self.opts
         pipe = load_pipeline(o.model_dir, vae_dir=self.teacher_path)
-        out = []
-        from tqdm.auto import tqdm
-
         with torch.random.fork_rng(devices=[]):
-            for start in tqdm(range(0, len(prompts), o.generation_batch), desc=f"teacher latents ({len(prompts)})",
-                              mininterval=10):
-                chunk = prompts[start:start + o.generation_batch]
-                gen = pipe(chunk, num_inference_steps=steps, guidance_scale=o.guidance_scale,
-                           seed=[seed + start + i for i in range(len(chunk))], decode=False)
-                out.append(torch.from_numpy(gen.images))
-        return torch.cat(out).float()
+            chunks = sample_prompts(pipe, prompts, steps, o.guidance_scale, seed=seed, batch_size=o.generation_batch,
+                                    decode=False, desc=f"teacher latents ({len(prompts)}, {steps} steps)")
+            return torch.cat([torch.from_numpy(gen.images) for gen in chunks]).float()
 
     def _cached_pipeline_latents(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(training bank, held-out eval latents) from the teacher pipeline at `steps` DDIM steps; with `latent_cache`,
