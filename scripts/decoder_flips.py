@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from pocketdiff.data.shapes import to_uint8
 from pocketdiff.evaluation.judge import judge
-from pocketdiff.evaluation.suite import load_prompts, sample_prompts
+from pocketdiff.evaluation.suite import load_prompts, paired_change, sample_prompts
 from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.pruning.decoder import vae_class
 from pocketdiff.sampling.pipeline import load_pipeline
@@ -73,11 +73,10 @@ def main() -> None:
         gained = [i for i in range(len(ref)) if new[i]["correct"] and not ref[i]["correct"]]
         changed = collections.Counter(k for i in lost + gained for k in ref[i]
                                       if k != "correct" and ref[i][k] != new[i][k])
-        d = np.array([float(n["correct"]) - float(r["correct"]) for n, r in zip(new, ref)])
-        half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))  # paired: the same latents, only the decoder differs
-        return {"accuracy": float(np.mean([r["correct"] for r in new])), "change": float(d.mean()),
-                "change_ci95": [float(d.mean() - half), float(d.mean() + half)],
-                "lost": len(lost), "gained": len(gained),
+        # paired: the same latents, only the decoder differs
+        pc = paired_change([n["correct"] for n in new], [r["correct"] for r in ref])
+        return {"accuracy": float(np.mean([r["correct"] for r in new])), "change": pc["change"],
+                "change_ci95": pc["change_ci95"], "lost": len(lost), "gained": len(gained),
                 "attributes_changed": dict(changed), "lost_prompts": [prompts[i] for i in lost]}
 
     for name, x in list(images.items())[1:]:

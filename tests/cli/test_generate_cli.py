@@ -58,6 +58,8 @@ def test_eval_json_and_saved_images(quick_model_dir, tmp_path):
         sub = r["subsets"]
         assert sum(v["n"] for v in sub.values()) == 6
         assert sum(v["n"] * v["accuracy"] for v in sub.values()) == pytest.approx(6 * r["accuracy"])
+        # one verdict per prompt, for paired comparisons (scripts/compare_evals.py)
+        assert r["seed"] == 0 and len(r["correct"]) == 6 and np.mean(r["correct"]) == pytest.approx(r["accuracy"])
     index = json.loads((imgs / "heldout-two_w3" / "index.json").read_text())
     assert len(index) == 6 and all("prompt" in v and "seed" in v for v in index.values())
 
@@ -71,3 +73,40 @@ def test_demo_report_and_json(quick_model_dir, tmp_path):
     assert row["name"] == "teacher" and row["steps"] == 50
     assert set(row["latency_ms"]) == {"text_encoder", "unet_total", "decoder", "total"}
     assert (out / "report.md").read_text().count("![") == 2
+
+
+def test_compare_evals_pools_seed_sets_and_pairs_verdicts(tmp_path):
+    """scripts/compare_evals.py: accuracy pooled over seed files; the change against the reference is paired per
+    image where verdicts are present, and falls back to independent accuracies (FILE:SEED) where they are not."""
+    from pathlib import Path
+
+    def result(seed, correct, w=2.0, verdicts=True):
+        r = {"prompt_set": "heldout-two", "guidance": w, "n": len(correct), "accuracy": float(np.mean(correct)),
+             "fid": 10.0 + seed / 1000}
+        return {**r, "seed": seed, "correct": correct} if verdicts else r
+
+    files = {}
+    for name, seed, correct in [("ref0", 0, [1, 1, 0, 0]), ("ref1", 1000, [1, 0, 0, 0]),
+                                ("new0", 0, [1, 1, 1, 0]), ("new1", 1000, [1, 0, 1, 0])]:
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"results": [result(seed, correct)]}))
+    old = tmp_path / "old.json"  # written before results carried their seed and verdicts
+    old.write_text(json.dumps({"results": [result(1000, [1, 0, 1, 0], verdicts=False)]}))
+    script = Path(__file__).resolve().parents[2] / "scripts" / "compare_evals.py"
+    out = tmp_path / "cmp.json"
+    r = subprocess.run([sys.executable, str(script), "--ref", f"t@2={files['ref0']},{files['ref1']}",
+                        "--model", f"s={files['new0']},{files['new1']}", "--model", f"o={files['new0']},{old}:1000",
+                        "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {row["model"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["t"]["accuracy"] == pytest.approx(3 / 8) and rows["t"]["fid_mean"] == pytest.approx(10.5)
+    s = rows["s"]
+    assert s["accuracy"] == pytest.approx(5 / 8) and s["vs_ref"]["paired"]
+    assert s["vs_ref"]["change"] == pytest.approx(2 / 8) and (s["vs_ref"]["gained"], s["vs_ref"]["lost"]) == (2, 0)
+    # paired differences [0,0,1,0,0,0,1,0]: sd = sqrt(2 * 0.75^2 + 6 * 0.25^2) / sqrt(7)
+    half = 1.96 * np.sqrt((2 * 0.75**2 + 6 * 0.25**2) / 7) / np.sqrt(8)
+    assert s["vs_ref"]["change_ci95"] == pytest.approx([0.25 - half, 0.25 + half])
+    assert rows["o"]["accuracy"] == pytest.approx(5 / 8) and not rows["o"]["vs_ref"]["paired"]
+    bad = subprocess.run([sys.executable, str(script), "--ref", f"t={files['ref0']}", "--model", f"s={files['new0']}"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "guidance" in bad.stderr

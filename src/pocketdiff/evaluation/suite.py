@@ -62,6 +62,8 @@ class EvalResult:
     latency_ms: dict = field(default_factory=dict)  # per image: text_encoder, unet_total, decoder, total
     # accuracy on the held-out scenes with a colour-shape pair training never shows ("novel_pairs") and on the rest
     subsets: dict = field(default_factory=dict)
+    seed: int = 0  # prompt i was sampled with seed + i
+    correct: list[int] = field(default_factory=list)  # the judge's verdict per prompt (1 correct): for paired tests
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -122,7 +124,19 @@ def evaluate_pipeline(pipe, prompt_set: str = "heldout-single", steps: int = 50,
         save_image_folder(images, prompts, [seed + i for i in range(n)], Path(save_images))
     return EvalResult(prompt_set=prompt_set, steps=steps, guidance=guidance, scheduler=scheduler, n=n,
                       accuracy=judged["accuracy"], per_attribute=judged["per_attribute"], fid=fid, clip_score=clip,
-                      latency_ms=latency, subsets=subsets)
+                      latency_ms=latency, subsets=subsets, seed=seed, correct=[int(c) for c in judged["correct"]])
+
+
+def paired_change(new, ref) -> dict:
+    """Accuracy change new - ref between two lists of 0/1 verdicts on the same prompts and seeds (only the model,
+    sampler or decoder differs), with a 95% interval from the per-image differences (normal approximation). Pairing
+    cancels what the prompt and the seed decide, so it resolves changes that two independent accuracies cannot."""
+    d = np.asarray(new, float) - np.asarray(ref, float)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"paired_change needs two equally long lists of >= 2 verdicts, got {len(new)} and {len(ref)}")
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    return {"change": float(d.mean()), "change_ci95": [float(d.mean() - half), float(d.mean() + half)],
+            "lost": int((d < 0).sum()), "gained": int((d > 0).sum()), "n": len(d)}
 
 
 def save_image_folder(images: np.ndarray, prompts: list[str], seeds: list[int], out: Path) -> None:
