@@ -1,14 +1,16 @@
 """Pool `pocketdiff eval --json` results over seed sets and compare models against a reference, paired per image.
 
     python scripts/compare_evals.py --ref teacher-ddim8@2=t0.json,t1000.json,t2000.json \
-        --model student=s0.json,s1000.json,s2000.json [--model ...] [--json PATH]
+        --model student=s0.json,s1000.json,s2000.json [--model ...] [--json PATH] [--plot PNG]
 
 Each --model / --ref is LABEL=FILE,FILE,...: the same model evaluated with different `--seed`s (one file per seed
-set; FILE:SEED names the seed of a file written before results recorded it). For every (prompt set, w) of a model: accuracy over all its images, with a 95% binomial interval, and FID as the
-mean over seed sets (FID depends on the number of images, so it is computed per set of 200, never pooled). `--ref
-LABEL@W=...` compares each model with the reference at guidance W on the same prompts and seeds: the change in points
-with a 95% interval from the paired per-image differences (`pocketdiff.evaluation.suite.paired_change`), where both
-files carry per-image verdicts (`correct`, written since session 7), else from the two independent accuracies.
+set; FILE:SEED names the seed of a file written before results recorded it). For every (prompt set, w) of a model:
+accuracy over all its images, with a 95% binomial interval, and FID (and CLIP score) as the mean over seed sets (FID
+depends on the number of images, so it is computed per set of 200, never pooled). `--ref LABEL@W=...` compares each
+model with the reference at guidance W on the same prompts and seeds: the change in points with a 95% interval from
+the paired per-image differences (`pocketdiff.evaluation.suite.paired_change`), where both files carry per-image
+verdicts (`correct`, written since session 7), else from the two independent accuracies. `--plot`: FID against
+accuracy and CLIP score, one curve per model over its w (`pocketdiff sweep`'s figure).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def pooled(by_seed: dict) -> dict:
     n = sum(r["n"] for r in by_seed.values())
     acc = sum(r["accuracy"] * r["n"] for r in by_seed.values()) / n
     half = 1.96 * np.sqrt(acc * (1 - acc) / n)
-    fids = [r["fid"] for r in by_seed.values() if r.get("fid") is not None]
+    mean = lambda key: (float(np.mean([r[key] for r in by_seed.values()]))
+                        if all(r.get(key) is not None for r in by_seed.values()) else None)
     return {"accuracy": acc, "ci95": [acc - half, acc + half], "n": n, "seeds": sorted(by_seed),
-            "fid_mean": float(np.mean(fids)) if fids else None}
+            "fid_mean": mean("fid"), "clip_mean": mean("clip_score")}
 
 
 def versus(model: dict, ref: dict) -> dict | None:
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", required=True, help="LABEL=FILE,FILE,... (one file per seed set)")
     ap.add_argument("--ref", help="LABEL@W=FILE,...: the reference at guidance W")
     ap.add_argument("--json", help="write the table as JSON")
+    ap.add_argument("--plot", help="FID against accuracy (and CLIP score), one curve per model over its w (PNG)")
     a = ap.parse_args()
     ref_label, ref_w, ref_runs = load(a.ref) if a.ref else (None, None, {})
     if a.ref and ref_w is None:
@@ -87,6 +91,15 @@ def main() -> None:
               f"({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) | {fid} | {vs} |")
     if a.json:
         write_json(a.json, {"ref": a.ref, "models": a.model, "rows": rows})
+    if a.plot:
+        from pocketdiff.cli.sweep import plot_sweep
+
+        curves = {}
+        for r in rows:
+            curves.setdefault(r["model"], []).append({"prompt_set": r["prompt_set"], "guidance": r["guidance"],
+                                                      "accuracy": r["accuracy"], "fid": r["fid_mean"],
+                                                      "clip_score": r["clip_mean"]})
+        plot_sweep([{"label": k, "points": v} for k, v in curves.items()], a.plot)
 
 
 if __name__ == "__main__":

@@ -96,9 +96,10 @@ def test_compare_evals_pools_seed_sets_and_pairs_verdicts(tmp_path):
     out = tmp_path / "cmp.json"
     r = subprocess.run([sys.executable, str(script), "--ref", f"t@2={files['ref0']},{files['ref1']}",
                         "--model", f"s={files['new0']},{files['new1']}", "--model", f"o={files['new0']},{old}:1000",
-                        "--json", str(out)], capture_output=True, text=True, timeout=120)
+                        "--json", str(out), "--plot", str(tmp_path / "cmp.png")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     rows = {row["model"]: row for row in json.loads(out.read_text())["rows"]}
+    assert (tmp_path / "cmp.png").stat().st_size > 0
     assert rows["t"]["accuracy"] == pytest.approx(3 / 8) and rows["t"]["fid_mean"] == pytest.approx(10.5)
     s = rows["s"]
     assert s["accuracy"] == pytest.approx(5 / 8) and s["vs_ref"]["paired"]
