@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--seeds", type=int, default=1, help="samples per prompt (seeds i, 1000 + i, ...)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="add this to every seed: a fresh set of images to confirm a choice made on another")
     ap.add_argument("--noise-db", type=float, nargs="*", default=[30, 36, 40])
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -53,7 +55,8 @@ def main() -> None:
         raise SystemExit("--seeds > 1 needs at most 1,000 prompts (seed offsets are multiples of 1,000)")
     pipe = load_pipeline(a.model, scheduler=a.scheduler)
     z = torch.cat([torch.from_numpy(g.images) for s in range(a.seeds) for g in sample_prompts(
-        pipe, prompts, a.steps, a.guidance, seed=1000 * s, decode=False, desc=f"seed offset {1000 * s}")]).float()
+        pipe, prompts, a.steps, a.guidance, seed=a.first_seed + 1000 * s, decode=False,
+        desc=f"seed offset {a.first_seed + 1000 * s}")]).float()
     prompts = prompts * a.seeds
     images = {}
     with torch.no_grad():
@@ -64,7 +67,7 @@ def main() -> None:
     ref_name = next(iter(images))
     ref = verdicts(to_uint8(images[ref_name]), prompts)
     report = {"prompts": a.prompts, "steps": a.steps, "guidance": a.guidance, "scheduler": a.scheduler,
-              "seeds": a.seeds, "images": len(prompts),
+              "seeds": a.seeds, "first_seed": a.first_seed, "images": len(prompts),
               "reference": {"name": ref_name, "accuracy": float(np.mean([r["correct"] for r in ref]))},
               "decoders": {}, "noise": []}
 
