@@ -131,9 +131,9 @@ def paired_change(new, ref) -> dict:
     """Accuracy change new - ref between two lists of 0/1 verdicts on the same prompts and seeds (only the model,
     sampler or decoder differs), with a 95% interval from the per-image differences (normal approximation). Pairing
     cancels what the prompt and the seed decide, so it resolves changes that two independent accuracies cannot."""
-    d = np.asarray(new, float) - np.asarray(ref, float)
-    if d.ndim != 1 or len(d) < 2:
+    if len(new) != len(ref) or len(new) < 2:
         raise ValueError(f"paired_change needs two equally long lists of >= 2 verdicts, got {len(new)} and {len(ref)}")
+    d = np.asarray(new, float) - np.asarray(ref, float)
     half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
     return {"change": float(d.mean()), "change_ci95": [float(d.mean() - half), float(d.mean() + half)],
             "lost": int((d < 0).sum()), "gained": int((d > 0).sum()), "n": len(d)}
