@@ -21,7 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from pocketdiff.evaluation.suite import paired_change, write_json
+from pocketdiff.evaluation.suite import paired_change
+from pocketdiff.profiling.lut import write_json_atomic
 
 
 def load(spec: str) -> tuple[str, float | None, dict]:
@@ -90,7 +91,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['prompt_set']} | {r['guidance']:g} | {len(r['seeds'])} | {100 * r['accuracy']:.1f}% "
               f"({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) | {fid} | {vs} |")
     if a.json:
-        write_json(a.json, {"ref": a.ref, "models": a.model, "rows": rows})
+        write_json_atomic(a.json, {"ref": a.ref, "models": a.model, "rows": rows})
     if a.plot:
         from pocketdiff.cli.sweep import plot_sweep
 

@@ -110,7 +110,8 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from pocketdiff.evaluation.suite import evaluate_pipeline, write_json
+    from pocketdiff.evaluation.suite import evaluate_pipeline
+    from pocketdiff.profiling.lut import write_json_atomic
 
     pipe = _pipe(model, unet, vae, scheduler, threads)
     results = []
@@ -134,7 +135,7 @@ def eval_cmd(
     Console().print(table)
     if json_path:
         what = {"model": str(model), "unet": unet and str(unet), "vae": vae and str(vae)}  # which weights were judged
-        write_json(json_path, {**what, **(results[0] if len(results) == 1 else {}), "results": results})
+        write_json_atomic(json_path, {**what, **(results[0] if len(results) == 1 else {}), "results": results})
 
 
 def demo(
@@ -148,7 +149,8 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from pocketdiff.evaluation.suite import evaluate_pipeline, write_json
+    from pocketdiff.evaluation.suite import evaluate_pipeline
+    from pocketdiff.profiling.lut import write_json_atomic
     from pocketdiff.training.loop import make_grid
 
     t_start = time.perf_counter()
@@ -187,7 +189,7 @@ def demo(
     write_report(out, rows, n)
     typer.echo(f"report: {out / 'report.md'}  ({time.perf_counter() - t_start:.0f} s)")
     if json_path:
-        write_json(json_path, {"models": rows, "n_per_set": n})
+        write_json_atomic(json_path, {"models": rows, "n_per_set": n})
 
 
 def demo_variants(model: Path) -> list[dict]:

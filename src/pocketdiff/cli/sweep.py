@@ -123,7 +123,8 @@ def sweep(
     from rich.table import Table
 
     from pocketdiff.cli.generate import _parse_floats, _pipe
-    from pocketdiff.evaluation.suite import evaluate_pipeline, write_json
+    from pocketdiff.evaluation.suite import evaluate_pipeline
+    from pocketdiff.profiling.lut import write_json_atomic
     from pocketdiff.sampling.pipeline import SCHEDULERS
 
     parsed = [parse_model(m) for m in model]
@@ -160,7 +161,7 @@ def sweep(
                       fmt(r["clip_score"], ".2f"), f"{100 * r['accuracy']:.1f}%", fmt(r["unet_ms"], ".0f"))
     Console().print(table)
     if json_path:
-        write_json(json_path, {"guidance": ws, "prompt_sets": list(prompts), "limit": limit, "seed": seed,
+        write_json_atomic(json_path, {"guidance": ws, "prompt_sets": list(prompts), "limit": limit, "seed": seed,
                                "clip_model": str(clip_dir), "table_guidance": table_guidance, "models": models,
                                "table": rows})
     if plot:

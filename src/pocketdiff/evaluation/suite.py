@@ -7,7 +7,6 @@ FID's real side is the ground-truth renders of the same held-out scenes (jitter 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,13 +147,6 @@ def save_image_folder(images: np.ndarray, prompts: list[str], seeds: list[int], 
         name = f"{i:05d}.png"
         Image.fromarray(im).save(out / name)
         index[name] = {"prompt": p, "seed": s}
-    write_json(out / "index.json", index)
+    from ..profiling.lut import write_json_atomic
 
-
-def write_json(path: str | Path, data) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_json_atomic(out / "index.json", index)
