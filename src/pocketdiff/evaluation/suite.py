@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..profiling.lut import write_json_atomic
 
 PROMPT_SETS = ("heldout-single", "heldout-two")
 
@@ -147,6 +148,4 @@ def save_image_folder(images: np.ndarray, prompts: list[str], seeds: list[int], 
         name = f"{i:05d}.png"
         Image.fromarray(im).save(out / name)
         index[name] = {"prompt": p, "seed": s}
-    from ..profiling.lut import write_json_atomic
-
     write_json_atomic(out / "index.json", index)
