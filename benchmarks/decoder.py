@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pocketdiff.io import write_json_atomic
 from pocketdiff.profiling.latency import machine_info
-from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.pruning.decoder import SD15_VAE_CONFIG, SlimAutoencoderKL, decoder_widths, param_count, prune_decoder
 
 MODELS = ("sd15", "pruned", "tiny")

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from pocketdiff.arch import FlexUNet
+from pocketdiff.io import write_json_atomic
 from pocketdiff.profiling.flops import dummy_inputs
 from pocketdiff.profiling.latency import machine_info
-from pocketdiff.profiling.lut import load_lut, predict_latency, write_json_atomic
+from pocketdiff.profiling.lut import load_lut, predict_latency
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import torch
 from pocketdiff.data.shapes import to_uint8
 from pocketdiff.evaluation.judge import evaluate as judge
 from pocketdiff.evaluation.suite import load_prompts, real_images, sample_prompts
+from pocketdiff.io import write_json_atomic
 from pocketdiff.profiling.latency import machine_info
-from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.pruning.decoder import vae_class
 from pocketdiff.sampling.pipeline import load_pipeline
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pocketdiff.io import write_json_atomic
 from pocketdiff.profiling.latency import machine_info
-from pocketdiff.profiling.lut import write_json_atomic
 from pocketdiff.training.config import load_config
 from pocketdiff.training.stages.teacher import TeacherStage
 

@@ -27,8 +27,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pocketdiff.arch import FlexUNet, get_spec
+from pocketdiff.io import write_json_atomic
 from pocketdiff.profiling.latency import machine_info
-from pocketdiff.profiling.lut import write_json_atomic
 
 MODELS = ("sd15", "snapfusion", "mobilediffusion", "mobilediffusion-lite")
 TARGETS = {"mobilediffusion": 2.5, "snapfusion": 1.5}  # sd15 / model, at least

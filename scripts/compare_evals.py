@@ -22,7 +22,7 @@ from collections import defaultdict
 import numpy as np
 
 from pocketdiff.evaluation.suite import paired_change
-from pocketdiff.profiling.lut import write_json_atomic
+from pocketdiff.io import write_json_atomic
 
 
 def load(spec: str) -> tuple[str, float | None, dict]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pocketdiff.data.shapes import to_uint8
 from pocketdiff.evaluation.judge import judge
 from pocketdiff.evaluation.suite import load_prompts, paired_change, sample_prompts
-from pocketdiff.profiling.lut import write_json_atomic
+from pocketdiff.io import write_json_atomic
 from pocketdiff.pruning.decoder import vae_class
 from pocketdiff.sampling.pipeline import load_pipeline
 

@@ -21,7 +21,7 @@ from pocketdiff.arch import FlexUNet
 from pocketdiff.cli.train import run_stage
 from pocketdiff.evolving.actions import evolvable
 from pocketdiff.evolving.search import QualityProbe
-from pocketdiff.profiling.lut import write_json_atomic
+from pocketdiff.io import write_json_atomic
 
 
 def main() -> None:

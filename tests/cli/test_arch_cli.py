@@ -29,7 +29,7 @@ def test_arch_show_json(app, tmp_path):
     assert {"params", "gflops", "macs", "resnets", "self_attn", "cross_attn", "stages"} <= set(d)
     assert (d["resnets"], d["self_attn"], d["cross_attn"]) == (22, 16, 16)
     assert [s["stage"] for s in d["stages"]][:2] == ["stem", "down0"] and "res tf(SA+CA)" in r.output
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_arch_show_spec_file(app, tmp_path):

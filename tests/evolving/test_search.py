@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 
 from pocketdiff.arch import get_spec
 from pocketdiff.evolving import EvolveConfig, EvolveError, dry_run, evolve
+from pocketdiff.io import write_json_atomic
 from pocketdiff.profiling.latency import machine_info, profile_model
-from pocketdiff.profiling.lut import build_lut, predict_latency, write_json_atomic
+from pocketdiff.profiling.lut import build_lut, predict_latency
 
 
 def make_lut(spec, path, resolution):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SpecError
+from ..io import write_text_atomic
 
 BlockKind = Literal["res", "tf"]
 
@@ -166,9 +167,7 @@ class ArchSpec:
             import yaml
 
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text_atomic(path, text)
 
     def replace(self, **changes) -> "ArchSpec":
         spec = replace(self, **changes)

@@ -65,8 +65,8 @@ def list_cmd(
     """Every preset with params, ResNet / self-attention / cross-attention counts, GFLOPs and the ratio to SD-1.5."""
     from rich.table import Table
 
+    from ..io import write_json_atomic
     from ..profiling.flops import analyze
-    from ..profiling.lut import write_json_atomic
 
     costs = {n: analyze(get_spec(n), resolution) for n in list_presets()}
     ref = costs[REFERENCE].flops
@@ -96,8 +96,8 @@ def show_cmd(
     """Channels, the blocks of every stage, block counts, params, MACs and GFLOPs of one forward."""
     from rich.table import Table
 
+    from ..io import write_json_atomic
     from ..profiling.flops import analyze
-    from ..profiling.lut import write_json_atomic
 
     spec = resolve_spec(name, width)
     cost = analyze(spec, resolution)

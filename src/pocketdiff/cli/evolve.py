@@ -37,7 +37,8 @@ def evolve(
     json_path: Path = typer.Option(None, "--json", help="write the report (or the dry run's ranking) as JSON"),
 ) -> None:
     """Evolve a UNet: remove the blocks with least quality per ms, then copy the most valuable (Algorithm 1)."""
-    from pocketdiff.profiling.lut import load_lut, predict_latency, write_json_atomic
+    from pocketdiff.io import write_json_atomic
+    from pocketdiff.profiling.lut import load_lut, predict_latency
 
     if dry_run:
         from pocketdiff.cli.arch import resolve_spec

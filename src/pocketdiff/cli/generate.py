@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from pocketdiff.errors import DataError
+from pocketdiff.io import atomic_path, write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = Path(os.environ.get("POCKETDIFF_MODEL", REPO / "models" / "shapes"))
@@ -29,10 +30,8 @@ def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str
 def _save_png(image, path: Path) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    Image.fromarray(image).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp)
 
 
 def generate(
@@ -111,7 +110,6 @@ def eval_cmd(
     from rich.table import Table
 
     from pocketdiff.evaluation.suite import evaluate_pipeline
-    from pocketdiff.profiling.lut import write_json_atomic
 
     pipe = _pipe(model, unet, vae, scheduler, threads)
     results = []
@@ -150,7 +148,6 @@ def demo(
     from rich.table import Table
 
     from pocketdiff.evaluation.suite import evaluate_pipeline
-    from pocketdiff.profiling.lut import write_json_atomic
     from pocketdiff.training.loop import make_grid
 
     t_start = time.perf_counter()
@@ -229,10 +226,7 @@ def write_report(out: Path, rows: list[dict], n: int) -> None:
         for pset in ("heldout-single", "heldout-two"):
             lines += ["", f"## {r['name']}: {pset}", "", f"![{r['name']} {pset}]({r['name']}_{pset}.png)",
                       "", f"Prompts and seeds: `{r['name']}/{pset}/index.json`."]
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 def register(app: typer.Typer) -> None:

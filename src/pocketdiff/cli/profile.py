@@ -113,8 +113,9 @@ def profile(
 ) -> None:
     import torch
 
+    from ..io import write_json_atomic
     from ..profiling.latency import default_threads, machine_info, profile_model
-    from ..profiling.lut import build_lut, write_json_atomic
+    from ..profiling.lut import build_lut
     from .arch import _console, resolve_spec
 
     specs = [resolve_spec(n, width) for n in names]  # fail on a bad name before any timing

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from pocketdiff.io import write_text_atomic
+
 app = typer.Typer(help="Make components smaller by structured pruning.", no_args_is_help=True)
 
 
@@ -43,8 +45,7 @@ def decoder_cmd(
     report = pruning_report(source, slim, source=str(vae), ratio=ratio, importance=importance, seed=seed)
     save_vae(slim, out, report)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=1))
+        write_text_atomic(json_path, json.dumps(report, indent=1))
     m = 1e6
     typer.echo(f"decoder widths {report['decoder_widths_before']} -> {report['decoder_widths_after']}; "
                f"decode params {report['decoder_params_before'] / m:.2f}M -> {report['decoder_params_after'] / m:.2f}M "

@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 
 from pocketdiff.errors import DataError
+from pocketdiff.io import atomic_path, write_json_atomic
 
 
 def parse_model(spec: str) -> tuple[Path, Path | None]:
@@ -95,11 +96,9 @@ def plot_sweep(models: list[dict], path: str | Path) -> Path:
                 ax.text(0.5, 0.5, f"no {name} (FID or {key} unavailable)", ha="center", va="center",
                         transform=ax.transAxes)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -124,7 +123,6 @@ def sweep(
 
     from pocketdiff.cli.generate import _parse_floats, _pipe
     from pocketdiff.evaluation.suite import evaluate_pipeline
-    from pocketdiff.profiling.lut import write_json_atomic
     from pocketdiff.sampling.pipeline import SCHEDULERS
 
     parsed = [parse_model(m) for m in model]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import typer
 
+from pocketdiff.io import write_text_atomic
 from pocketdiff.training.config import ConfigError, load_config, parse_set
 from pocketdiff.training.loop import train
 from pocketdiff.training.stages import STAGES, get_stage
@@ -47,8 +48,7 @@ def run_stage(
         raise ConfigError(f"{config}: stage: {cfg.stage!r}, but this command trains {name!r}")
     summary = train(stage_cls(cfg), cfg, out_dir=out, resume=resume)
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(summary, indent=1))
+        write_text_atomic(json_path, json.dumps(summary, indent=1))
     return summary
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..profiling.lut import write_json_atomic
+from ..io import atomic_path, write_json_atomic
 
 PROMPT_SETS = ("heldout-single", "heldout-two")
 
@@ -146,6 +146,7 @@ def save_image_folder(images: np.ndarray, prompts: list[str], seeds: list[int], 
     index = {}
     for i, (im, p, s) in enumerate(zip(images, prompts, seeds)):
         name = f"{i:05d}.png"
-        Image.fromarray(im).save(out / name)
+        with atomic_path(out / name) as tmp:
+            Image.fromarray(im).save(tmp)
         index[name] = {"prompt": p, "seed": s}
     write_json_atomic(out / "index.json", index)

@@ -35,7 +35,8 @@ import torch
 
 from pocketdiff.errors import PocketDiffError
 from pocketdiff.evolving.actions import edit, evolvable
-from pocketdiff.profiling.lut import block_latencies, load_lut, predict_latency, write_json_atomic
+from pocketdiff.io import atomic_path, write_json_atomic, write_text_atomic
+from pocketdiff.profiling.lut import block_latencies, load_lut, predict_latency
 
 VALIDATION_SEED = 31_337  # the probe's prompts: the training stream at a seed no training run uses
 
@@ -231,7 +232,7 @@ def evolve(cfg: EvolveConfig, out: str | Path, log=print) -> dict:
     }
     write_json_atomic(out / "report.json", report)
     plot_trajectory(state["trajectory"], report, out / "trajectory.png", cfg.metric)
-    (out / "report.md").write_text(report_markdown(report))
+    write_text_atomic(out / "report.md", report_markdown(report))
     return report
 
 
@@ -283,10 +284,9 @@ def plot_trajectory(rows: list[dict], report: dict, path: Path, metric: str) -> 
     ax.set_title(f"architecture evolving ({report['criterion']} criterion)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def dry_run(spec, lut: dict, top: int | None = None) -> list[dict]:

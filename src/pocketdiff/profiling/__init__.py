@@ -3,10 +3,10 @@ latency lookup table and `predict_latency` that SnapFusion's architecture evolvi
 
 from .flops import CONTEXT_LEN, ArchCost, Unit, UnitCost, analyze, count_flops, units
 from .latency import ModelProfile, Timing, machine_info, profile_model
-from .lut import LutError, block_latencies, build_lut, load_lut, overhead_signature, predict_latency, write_json_atomic
+from .lut import LutError, block_latencies, build_lut, load_lut, overhead_signature, predict_latency
 
 __all__ = [
     "CONTEXT_LEN", "ArchCost", "Unit", "UnitCost", "analyze", "count_flops", "units", "ModelProfile", "Timing",
     "machine_info", "profile_model", "LutError", "block_latencies", "build_lut", "load_lut", "overhead_signature",
-    "predict_latency", "write_json_atomic",
+    "predict_latency",
 ]

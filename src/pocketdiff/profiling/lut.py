@@ -23,11 +23,8 @@ graph's fusion and memory planning: 28.0 vs 19.7 s), so use them to rank blocks,
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from ..arch.spec import ArchSpec
 from ..errors import PocketDiffError
@@ -41,30 +38,6 @@ class LutError(PocketDiffError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename it over `path` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_default(o: Any):
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
 
 
 def overhead_signature(spec: ArchSpec, latent: int) -> str:
@@ -173,4 +146,4 @@ def predict_latency(spec: ArchSpec, lut: dict, resolution: int | None = None) ->
 
 
 __all__ = ["LutError", "build_lut", "load_lut", "predict_latency", "block_latencies", "overhead_signature",
-           "write_json_atomic", "LUT_VERSION"]
+           "LUT_VERSION"]

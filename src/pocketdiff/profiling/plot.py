@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..io import atomic_path
+
 KINDS = ("res", "tf", "sampler", "other")  # "other": stem (time MLP + conv_in) and head
 COLORS = {"res": "#4C78A8", "tf": "#F58518", "sampler": "#54A24B", "other": "#9D9D9D"}
 NAMES = {"res": "ResNet", "tf": "transformer", "sampler": "down/up sampler", "other": "stem / head"}
@@ -75,11 +77,9 @@ def plot_profiles(profiles, path: str | Path) -> Path:
                 bx.axvline(i - 0.5, color="gray", lw=0.5, ls=":")
             prev = u.cost.unit.stage
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -18,6 +18,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
 
 from ..errors import DataError, ModelDirError
+from ..io import write_text_atomic
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SCHEDULERS = ("ddim", "dpm", "dpm++")
@@ -183,6 +184,4 @@ def write_model_index(root: str | Path, unet_class: tuple[str, str] = ("pocketdi
         "scheduler": ["diffusers", "DDIMScheduler"],
     }
     path = Path(root) / "model_index.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(index, indent=2))

@@ -47,6 +47,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from pocketdiff.errors import DataError, WeightsError
+from pocketdiff.io import write_text_atomic
 from pocketdiff.training.config import TrainConfig
 
 CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD = "checkpoint", "ckpt.tmp", "checkpoint.old"
@@ -216,7 +217,7 @@ class _JsonLog:
             path.write_text("")
         elif path.exists():  # drop rows logged after the checkpoint we resume from
             rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= resume_step]
-            path.write_text("".join(r + "\n" for r in rows))
+            write_text_atomic(path, "".join(r + "\n" for r in rows))
 
     def write(self, row: dict) -> None:
         if self.enabled:
@@ -261,7 +262,7 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
     accelerator = _make_accelerator(cfg.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     if main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # 1. models: trainable (one ModuleDict, EMA'd), frozen context
     torch.manual_seed(cfg.seed)
@@ -388,7 +389,7 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             stage.export(export_model, frozen, Path(cfg.export_dir))
         log.write({"final": True, **summary})
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from pocketdiff.data.shapes import to_uint8
 from pocketdiff.errors import DataError, ModelDirError
+from pocketdiff.io import atomic_path
 from pocketdiff.training.loop import Stage, make_grid, random_batch
 
 BANK_SEED = 30_000  # training latents: prompts and initial noise
@@ -199,10 +200,8 @@ class DecoderStage(Stage):
             t = load_file(path)
             return t["bank"], t["eval"]
         bank, eval_z = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"bank": bank.contiguous(), "eval": eval_z.contiguous()}, tmp, metadata={"key": key})
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({"bank": bank.contiguous(), "eval": eval_z.contiguous()}, tmp, metadata={"key": key})
         return bank, eval_z
 
     @torch.no_grad()

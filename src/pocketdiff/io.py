@@ -1,0 +1,78 @@
+"""Atomic file writes: the project's rule is that checkpoints and outputs are written to a temporary file beside the
+target and renamed over it, so that a crash or Ctrl-C never leaves half a file and readers (a plot, a report, another
+process polling a JSON result) only ever see the old or the new content. One implementation, here, for every writer.
+
+    with atomic_path(out / "plot.png") as tmp:   # tmp keeps the suffix: matplotlib / PIL infer the format from it
+        fig.savefig(tmp)
+    write_json_atomic(out / "result.json", result)
+    write_text_atomic(out / "report.md", text)
+
+Files get the mode a plain `open(path, "w")` gives a new file (0o666 & ~umask), not `tempfile.mkstemp`'s 0o600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty temporary file beside `path` (hidden: `.{name}.{random}.tmp{suffix}`; it ends in `path`'s
+    suffix so writers that infer the format from it still work); on success rename it over `path` (`os.replace`,
+    atomic on POSIX), on any exception remove it and re-raise. The parent directory is created if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_temp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _create_temp(path: Path) -> Path:
+    # O_CREAT with mode 0o666 lets the kernel apply the umask, exactly as open(path, "w") does (no process-wide
+    # os.umask() round trip, which would race with other threads); O_EXCL makes the random name ours alone.
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as JSON (indent 2, trailing newline; sets, tuples and arrays as lists, anything else unknown as
+    its str) to `path` atomically. Returns `path` as a Path."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.write("\n")
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (as `Path.write_text` would, but never half a file). Returns `path`."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def _json_default(o: Any):
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
