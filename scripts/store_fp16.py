@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pocketdiff.io import atomic_path
+
 
 def store_fp16(directory: Path) -> tuple[int, int]:
     before = after = 0
@@ -22,10 +24,9 @@ def store_fp16(directory: Path) -> tuple[int, int]:
         tensors = load_file(f)
         meta = {"format": "pt"}
         half = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
-        tmp = f.with_name(f.name + ".tmp")
         before += f.stat().st_size
-        save_file(half, tmp, metadata=meta)
-        tmp.replace(f)
+        with atomic_path(f) as tmp:
+            save_file(half, str(tmp), metadata=meta)
         after += f.stat().st_size
     return before, after
 
