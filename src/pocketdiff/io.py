@@ -67,6 +67,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def write_png_atomic(path: str | Path, image: Any) -> Path:
+    """Write a uint8 HxWx3 array as a PNG to `path` atomically. Returns `path`."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
+    return path
+
+
 def _json_default(o: Any):
     if isinstance(o, (set, tuple)):
         return list(o)
@@ -75,4 +86,4 @@ def _json_default(o: Any):
     return str(o)
 
 
-__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "write_json_atomic", "write_png_atomic", "write_text_atomic"]

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from pocketdiff.errors import DataError
-from pocketdiff.io import atomic_path, write_json_atomic, write_text_atomic
+from pocketdiff.io import write_json_atomic, write_png_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = Path(os.environ.get("POCKETDIFF_MODEL", REPO / "models" / "shapes"))
@@ -25,13 +25,6 @@ def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str
     if threads:
         torch.set_num_threads(threads)
     return load_pipeline(model, unet_dir=unet, vae_dir=vae, scheduler=scheduler)
-
-
-def _save_png(image, path: Path) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp)
 
 
 def generate(
@@ -68,7 +61,7 @@ def generate(
     pipe = _pipe(model, unet, vae, scheduler, threads)
     gen = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
     image = gen.images[0] if len(prompts) == 1 else make_grid(gen.images, cols=cols)
-    _save_png(image, out)
+    write_png_atomic(out, image)
     t = gen.timings
     name = f"{default['name']}: " if default else ""
     typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; wrote {out} ({len(prompts)} image(s)); "
@@ -170,7 +163,7 @@ def demo(
             import numpy as np
 
             ims = [np.asarray(Image.open(out / variant["name"] / p.prompt_set / f"{i:05d}.png")) for i in range(p.n)]
-            _save_png(make_grid(np.stack(ims), cols=8), out / f"{variant['name']}_{p.prompt_set}.png")
+            write_png_atomic(out / f"{variant['name']}_{p.prompt_set}.png", make_grid(np.stack(ims), cols=8))
 
     table = Table(title="pocketdiff demo: held-out prompts, per image, this machine")
     for col in ("model", "steps", "w", "accuracy (1 obj / 2 obj)", "FID (1 obj)", "text enc ms", "UNet ms",

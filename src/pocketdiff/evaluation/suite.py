@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_path, write_json_atomic
+from ..io import write_json_atomic, write_png_atomic
 
 PROMPT_SETS = ("heldout-single", "heldout-two")
 
@@ -140,13 +140,10 @@ def paired_change(new, ref) -> dict:
 
 
 def save_image_folder(images: np.ndarray, prompts: list[str], seeds: list[int], out: Path) -> None:
-    from PIL import Image
-
     out.mkdir(parents=True, exist_ok=True)
     index = {}
     for i, (im, p, s) in enumerate(zip(images, prompts, seeds)):
         name = f"{i:05d}.png"
-        with atomic_path(out / name) as tmp:
-            Image.fromarray(im).save(tmp)
+        write_png_atomic(out / name, im)
         index[name] = {"prompt": p, "seed": s}
     write_json_atomic(out / "index.json", index)

@@ -47,7 +47,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from pocketdiff.errors import DataError, WeightsError
-from pocketdiff.io import write_text_atomic
+from pocketdiff.io import write_png_atomic, write_text_atomic
 from pocketdiff.training.config import TrainConfig
 
 CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD = "checkpoint", "ckpt.tmp", "checkpoint.old"
@@ -359,7 +359,7 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
                 if cfg.sample_every and step % cfg.sample_every == 0 and main:
                     grid = side_task(stage.sample, np.random.default_rng(cfg.seed + 1))
                     if grid is not None:
-                        _save_png(grid, run_dir / "samples" / f"step_{step:06d}.png")
+                        write_png_atomic(run_dir / "samples" / f"step_{step:06d}.png", grid)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and main:
                     metrics = side_task(stage.evaluate)
                     if metrics:
@@ -392,13 +392,6 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary
-
-
-def _save_png(grid: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(grid, dtype=np.uint8)).save(path)
 
 
 def random_batch(dataset, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
