@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from pocketdiff.io import atomic_path, write_json_atomic, write_text_atomic
+from pocketdiff.io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 
 
 def _leftovers(d):
@@ -105,6 +105,37 @@ def test_mode_follows_umask(tmp_path, restore_umask, mask):
         f.write("x")
     for p in (j, t, tmp_path / "r.bin", plain):
         assert stat.S_IMODE(p.stat().st_mode) == expected, (p.name, oct(p.stat().st_mode))
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_dir_swaps_in_and_fixes_safetensors_modes(tmp_path, restore_umask, mask):
+    import torch
+    from safetensors.torch import save_file
+
+    os.umask(mask)
+    out = tmp_path / "unet"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with atomic_dir(out) as tmp:
+        assert not (tmp / "old.txt").exists()
+        save_file({"w": torch.zeros(2)}, str(tmp / "w.safetensors"))  # safetensors itself writes 0o600
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "config.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["sub", "w.safetensors"]
+    assert _leftovers(tmp_path) == []
+    for p in (out / "w.safetensors", out / "sub" / "config.json"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, (p.name, oct(p.stat().st_mode))
+
+
+def test_atomic_dir_exception_keeps_old_directory(tmp_path):
+    out = tmp_path / "unet"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "config.json").write_text("half")
+            raise RuntimeError("crash mid-save")
+    assert (out / "config.json").read_text() == "old" and _leftovers(tmp_path) == []
 
 
 def test_image_writers_infer_format_from_temp_suffix(tmp_path):

@@ -6,8 +6,11 @@ process polling a JSON result) only ever see the old or the new content. One imp
         fig.savefig(tmp)
     write_json_atomic(out / "result.json", result)
     write_text_atomic(out / "report.md", text)
+    with atomic_dir(out / "unet") as tmp:       # a whole model directory (save_pretrained) swapped in at the end
+        unet.save_pretrained(tmp)
 
-Files get the mode a plain `open(path, "w")` gives a new file (0o666 & ~umask), not `tempfile.mkstemp`'s 0o600.
+Files get the mode a plain `open(path, "w")` gives a new file (0o666 & ~umask), not `tempfile.mkstemp`'s 0o600
+(nor the 0o600 that safetensors' `save_file` gives the weights it writes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,6 +38,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty directory beside `path` (`{name}.tmp`, replacing one a crash left); on success give the files
+    written into it the mode `open(path, "w")` would and swap it in for `path` (an old directory there is removed
+    first, so a crash in between leaves no model rather than half of one); on any exception remove it and re-raise."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        mode = _new_file_mode(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                f.chmod(mode)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.replace(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _new_file_mode(directory: Path) -> int:
+    """The mode the umask gives a new file (read from a probe file, for the reason in `_create_temp`)."""
+    probe = _create_temp(directory / "mode")
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
 
 
 def _create_temp(path: Path) -> Path:
@@ -86,4 +121,4 @@ def _json_default(o: Any):
     return str(o)
 
 
-__all__ = ["atomic_path", "write_json_atomic", "write_png_atomic", "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "write_json_atomic", "write_png_atomic", "write_text_atomic"]

@@ -344,18 +344,15 @@ def pruning_report(before: AutoencoderKL, after: AutoencoderKL, **extra: object)
 
 def save_vae(vae: AutoencoderKL, out: str | Path, report: dict | None = None) -> Path:
     """save_pretrained into `out.tmp`, then rename over `out` (a crash never leaves half a model); + pruning.json."""
-    import shutil
+    from pocketdiff.io import atomic_dir
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise ModelDirError(f"{out} exists and is not a model directory: choose a new --out (it would be replaced)")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(str(tmp), safe_serialization=True)
-    if report is not None:
-        (tmp / "pruning.json").write_text(json.dumps(report, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    with atomic_dir(out) as tmp:
+        vae.save_pretrained(str(tmp), safe_serialization=True)
+        if report is not None:
+            (tmp / "pruning.json").write_text(json.dumps(report, indent=1))
     return out
 
 

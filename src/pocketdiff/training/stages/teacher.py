@@ -7,7 +7,6 @@ Exports `unet/` (FlexUNet) and `scheduler/` into `model_dir` and writes `model_i
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from pocketdiff.io import atomic_dir
 from pocketdiff.training.loop import Stage, make_grid
 
 SAMPLE_PROMPTS = ["a red circle on the left", "a large blue square", "a small green triangle at the top",
@@ -176,14 +176,10 @@ def save_unet(unet, export_dir, extra_json: dict[str, dict] | None = None) -> No
     """`save_pretrained` into a temporary directory, then swap it in: readers never see half a model."""
     import json
 
-    export_dir = Path(export_dir)
-    tmp = export_dir.with_name(export_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    unet.save_pretrained(str(tmp), safe_serialization=True)
-    for name, data in (extra_json or {}).items():
-        (tmp / name).write_text(json.dumps(data, indent=1))
-    shutil.rmtree(export_dir, ignore_errors=True)
-    tmp.replace(export_dir)
+    with atomic_dir(export_dir) as tmp:
+        unet.save_pretrained(str(tmp), safe_serialization=True)
+        for name, data in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=1))
 
 
 # ---------------------------------------------------------------------- monitoring shared by the diffusion stages
