@@ -34,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = _create_temp(path)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -55,11 +56,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         for f in tmp.rglob("*"):
             if f.is_file():
                 f.chmod(mode)
+                _fsync(f)
         shutil.rmtree(path, ignore_errors=True)
         tmp.replace(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    # the data must reach the disk before the rename does, or a power cut could leave the new name on an empty file
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _new_file_mode(directory: Path) -> int:
