@@ -94,16 +94,21 @@ def test_write_text_atomic(tmp_path):
 
 @pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
 def test_mode_follows_umask(tmp_path, restore_umask, mask):
+    import torch
+    from safetensors.torch import save_file
+
     os.umask(mask)
     expected = 0o666 & ~mask
     j = write_json_atomic(tmp_path / "r.json", {"a": 1})
     t = write_text_atomic(tmp_path / "r.txt", "x")
     with atomic_path(tmp_path / "r.bin") as tmp:
         tmp.write_bytes(b"x")
+    with atomic_path(tmp_path / "w.safetensors") as tmp:  # safetensors replaces the temp file with a 0o600 one
+        save_file({"w": torch.zeros(2)}, str(tmp))
     plain = tmp_path / "plain.txt"
     with open(plain, "w") as f:
         f.write("x")
-    for p in (j, t, tmp_path / "r.bin", plain):
+    for p in (j, t, tmp_path / "r.bin", tmp_path / "w.safetensors", plain):
         assert stat.S_IMODE(p.stat().st_mode) == expected, (p.name, oct(p.stat().st_mode))
 
 

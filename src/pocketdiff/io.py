@@ -32,8 +32,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path)
+    mode = tmp.stat().st_mode & 0o777
     try:
         yield tmp
+        tmp.chmod(mode)  # a writer that recreates the file (safetensors' save_file does, as 0o600) loses the umask's mode
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
