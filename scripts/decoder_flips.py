@@ -1,16 +1,16 @@
 """Which judge verdicts a decoder flips against the original decoder, and how many random noise at a PSNR flips.
 
-    python scripts/decoder_flips.py --model runs/shapes_c2 --vae original=models/shapes/vae \
+    python scripts/decoder_flips.py --model runs/shapes_c2 [--unet DIR] --vae original=models/shapes/vae \
         --vae pruned=models/shapes/vae_pruned [--prompts heldout-single] [--steps 50] [--seeds 1] \
         [--noise-db 30 36 40] [--json PATH]
 
-The teacher pipeline's latents (50 DDIM steps, w 2, seed = prompt index, as benchmarks/shapes_decoders.py) are decoded
-by every --vae; each decoder's verdicts are compared with the first one's: verdicts lost and gained, which attribute
-changed, and the accuracy change with a 95% interval from the paired per-image differences. With --seeds K every
-prompt is sampled K times (seeds i, 1000 + i, ...): the change one decoder makes is a few flips among hundreds of
-images, so one seed per prompt leaves an interval of +-3 points. Then Gaussian noise (white, and blurred:
-low-frequency) is added to the first decoder's images at each --noise-db PSNR, three seeds each: a decoder whose
-error is noise-like should flip about as many verdicts as noise at its PSNR does.
+The pipeline's latents (the model's UNet, or --unet; 50 DDIM steps, w 2, seed = prompt index, as
+benchmarks/shapes_decoders.py) are decoded by every --vae; each decoder's verdicts are compared with the first one's:
+verdicts lost and gained, which attribute changed, and the accuracy change with a 95% interval from the paired
+per-image differences. With --seeds K every prompt is sampled K times (seeds i, 1000 + i, ...): the change one decoder
+makes is a few flips among hundreds of images, so one seed per prompt leaves an interval of +-3 points. Then Gaussian
+noise (white, and blurred: low-frequency) is added to the first decoder's images at each --noise-db PSNR, three seeds
+each: a decoder whose error is noise-like should flip about as many verdicts as noise at its PSNR does.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def verdicts(images: np.ndarray, prompts: list[str]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=Path("models/shapes"))
+    ap.add_argument("--unet", type=Path, default=None, help="a UNet directory to sample with instead of the model's "
+                    "(e.g. models/shapes/unet_s8: the default pipeline's student)")
     ap.add_argument("--vae", action="append", required=True, help="NAME=DIR (the first is the reference)")
     ap.add_argument("--prompts", default="heldout-single")
     ap.add_argument("--steps", type=int, default=50)
@@ -53,7 +55,7 @@ def main() -> None:
     prompts, _ = load_prompts(a.prompts, None)
     if len(prompts) > 1000 and a.seeds > 1:
         raise SystemExit("--seeds > 1 needs at most 1,000 prompts (seed offsets are multiples of 1,000)")
-    pipe = load_pipeline(a.model, scheduler=a.scheduler)
+    pipe = load_pipeline(a.model, unet_dir=a.unet, scheduler=a.scheduler)
     z = torch.cat([torch.from_numpy(g.images) for s in range(a.seeds) for g in sample_prompts(
         pipe, prompts, a.steps, a.guidance, seed=a.first_seed + 1000 * s, decode=False,
         desc=f"seed offset {a.first_seed + 1000 * s}")]).float()
@@ -66,7 +68,7 @@ def main() -> None:
             images[name] = torch.cat([vae.decode(c / vae.config.scaling_factor).sample.float() for c in z.split(50)])
     ref_name = next(iter(images))
     ref = verdicts(to_uint8(images[ref_name]), prompts)
-    report = {"prompts": a.prompts, "steps": a.steps, "guidance": a.guidance, "scheduler": a.scheduler,
+    report = {"unet": str(a.unet or a.model / "unet"), "prompts": a.prompts, "steps": a.steps, "guidance": a.guidance, "scheduler": a.scheduler,
               "seeds": a.seeds, "first_seed": a.first_seed, "images": len(prompts),
               "reference": {"name": ref_name, "accuracy": float(np.mean([r["correct"] for r in ref]))},
               "decoders": {}, "noise": []}
