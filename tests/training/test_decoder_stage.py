@@ -94,6 +94,26 @@ def test_pipeline_latents_are_cached_once_and_reused(quick_model_dir, tmp_path):
     assert torch.equal(both.eval_z, torch.cat([first.eval_z, other.eval_z]))
 
 
+def test_pipeline_latents_come_from_the_unet_option(quick_model_dir, tmp_path):
+    """options.unet (e.g. the 8-step student) makes the bank instead of model_dir/unet, under its own cache key."""
+    from pocketdiff.arch.unet import FlexUNet
+    from pocketdiff.training.config import load_config
+    from pocketdiff.training.stages.decoder import DecoderStage
+
+    unet = FlexUNet.from_pretrained(quick_model_dir / "unet")
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    unet.save_pretrained(tmp_path / "other_unet")
+    opts = {"model_dir": str(quick_model_dir), "latent_cache": str(tmp_path / "cache")}
+    own = DecoderStage(load_config(CONFIG, "quick", {"options": opts}))
+    own.build()
+    other = DecoderStage(load_config(CONFIG, "quick", {"options": {**opts, "unet": str(tmp_path / "other_unet")}}))
+    other.build()
+    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 2
+    assert not torch.allclose(own.bank, other.bank)
+
+
 def test_edge_loss_weighs_outlines_not_flat_offsets():
     from pocketdiff.training.stages.decoder import edge_loss
 

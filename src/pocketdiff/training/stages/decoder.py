@@ -60,6 +60,7 @@ class DecoderStage(Stage):
     @dataclass
     class Options:
         model_dir: str = "models/shapes"  # the teacher pipeline (tokenizer, text_encoder, unet, scheduler, vae)
+        unet: str | None = None  # the UNet whose latents the decoder learns on; default model_dir/unet (e.g. the student)
         teacher_vae: str | None = None  # the decoder to distil; default model_dir/vae
         student: Literal["pruned", "tiny"] = "pruned"
         student_dir: str | None = None  # start from this SlimAutoencoderKL (`pocketdiff prune decoder --out`)
@@ -170,7 +171,7 @@ class DecoderStage(Stage):
         from pocketdiff.sampling.pipeline import load_pipeline
 
         o = self.opts
-        pipe = load_pipeline(o.model_dir, vae_dir=self.teacher_path)
+        pipe = load_pipeline(o.model_dir, unet_dir=o.unet, vae_dir=self.teacher_path)
         with torch.random.fork_rng(devices=[]):
             chunks = sample_prompts(pipe, prompts, steps, o.guidance_scale, seed=seed, batch_size=o.generation_batch,
                                     decode=False, desc=f"teacher latents ({len(prompts)}, {steps} steps)")
@@ -191,9 +192,11 @@ class DecoderStage(Stage):
             self._pipeline_latents(self._heldout_prompts(o.eval_latents), EVAL_SEED, steps))
         if not o.latent_cache:
             return make()
-        unet_files = sorted((Path(o.model_dir) / "unet").glob("*.safetensors"))
-        key = json.dumps([str(Path(o.model_dir).resolve()), [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                          for f in unet_files], str(self.teacher_path.resolve()), o.bank_size, o.eval_latents,
+        unet_dir = Path(o.unet) if o.unet else Path(o.model_dir) / "unet"
+        unet_files = sorted(unet_dir.glob("*.safetensors"))
+        key = json.dumps([str(Path(o.model_dir).resolve()), str(unet_dir.resolve()),
+                          [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in unet_files],
+                          str(self.teacher_path.resolve()), o.bank_size, o.eval_latents,
                           steps, o.guidance_scale, o.data, o.two_object_fraction, BANK_SEED, EVAL_SEED])
         path = Path(o.latent_cache) / f"latents-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
         if path.is_file():
