@@ -68,7 +68,8 @@ def main() -> None:
             images[name] = torch.cat([vae.decode(c / vae.config.scaling_factor).sample.float() for c in z.split(50)])
     ref_name = next(iter(images))
     ref = verdicts(to_uint8(images[ref_name]), prompts)
-    report = {"unet": str(a.unet or a.model / "unet"), "prompts": a.prompts, "steps": a.steps, "guidance": a.guidance, "scheduler": a.scheduler,
+    report = {"unet": str(a.unet or a.model / "unet"),
+              "prompts": a.prompts, "steps": a.steps, "guidance": a.guidance, "scheduler": a.scheduler,
               "seeds": a.seeds, "first_seed": a.first_seed, "images": len(prompts),
               "reference": {"name": ref_name, "accuracy": float(np.mean([r["correct"] for r in ref]))},
               "decoders": {}, "noise": []}

@@ -60,7 +60,7 @@ class DecoderStage(Stage):
     @dataclass
     class Options:
         model_dir: str = "models/shapes"  # the teacher pipeline (tokenizer, text_encoder, unet, scheduler, vae)
-        unet: str | None = None  # the UNet whose latents the decoder learns on; default model_dir/unet (e.g. the student)
+        unet: str | None = None  # the UNet whose latents it learns on (e.g. the student); default model_dir/unet
         teacher_vae: str | None = None  # the decoder to distil; default model_dir/vae
         student: Literal["pruned", "tiny"] = "pruned"
         student_dir: str | None = None  # start from this SlimAutoencoderKL (`pocketdiff prune decoder --out`)
