@@ -1,8 +1,9 @@
 """One UNet denoising step of SD-1.5, SnapFusion, MobileDiffusion and MobileDiffusion-Lite, side by side.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/unet_step.py [--runs 5] [--warmup 1] [--threads 2] [--json PATH]
+    python benchmarks/unet_step.py --device cuda --dtype fp16 --runs 20 --warmup 3      (a GPU)
 
-512px (latent 4x64x64), batch 1, fp32 eager, 77x768 text context, random weights (speed does not depend on them).
+512px (latent 4x64x64), batch 1, fp32 eager (or --dtype on --device), 77x768 text context, random weights (speed does not depend on them).
 All models live in ONE process and run round-robin (A, B, C, D, A, B, ...) so that they share the machine's noise;
 the median over `--runs` rounds after `--warmup` rounds is reported, with the ratio sd15 / model. Run by hand, not in
 tests (several minutes on 2 cores). Results and the exact command go to docs/benchmarks.md.
@@ -32,6 +33,13 @@ from pocketdiff.profiling.latency import machine_info
 
 MODELS = ("sd15", "snapfusion", "mobilediffusion", "mobilediffusion-lite")
 TARGETS = {"mobilediffusion": 2.5, "snapfusion": 1.5}  # sd15 / model, at least
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: time them only once they are done
+    return time.perf_counter()
 
 
 def gflops(spec, latent: int, ctx_len: int) -> float:
@@ -51,10 +59,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights and activations")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (atomically)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
     names = [n.strip() for n in a.models.split(",") if n.strip()]
     latent, ctx_len = a.resolution // 8, 77
     load_start = os.getloadavg()
@@ -62,24 +73,24 @@ def main() -> None:
     for name in names:
         spec = get_spec(name)
         torch.manual_seed(0)
-        models[name] = FlexUNet.from_spec(spec).eval()
+        models[name] = FlexUNet.from_spec(spec).eval().to(device, dtype)
         info[name] = dict(params_m=sum(p.numel() for p in models[name].parameters()) / 1e6,
                           gflops=gflops(spec, latent, ctx_len))
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, latent, latent, generator=g)
-    ctx = torch.randn(1, ctx_len, 768, generator=g)
-    t = torch.tensor([999])
+    x = torch.randn(1, 4, latent, latent, generator=g).to(device, dtype)
+    ctx = torch.randn(1, ctx_len, 768, generator=g).to(device, dtype)
+    t = torch.tensor([999], device=device)
 
     times: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
         for r in range(a.warmup + a.runs):
             for name in names:  # round-robin: every model sees the same stretch of machine noise
-                t0 = time.perf_counter()
+                t0 = clock(device)
                 models[name](x, t, ctx)
-                dt_s = time.perf_counter() - t0
+                dt_s = clock(device) - t0
                 if r >= a.warmup:
                     times[name].append(dt_s)
-                print(f"round {r + 1}/{a.warmup + a.runs}{' (warm-up)' if r < a.warmup else ''} {name}: {dt_s:.2f} s",
+                print(f"round {r + 1}/{a.warmup + a.runs}{' (warm-up)' if r < a.warmup else ''} {name}: {dt_s:.4f} s",
                       flush=True)
     load_end = os.getloadavg()
 
@@ -98,8 +109,8 @@ def main() -> None:
     print(f"\n{'model':22s} {'params':>9s} {'GFLOPs':>8s} {'median s':>9s} {'min s':>7s} {'max s':>7s} "
           f"{ref + '/x':>9s} {'per-round':>10s}")
     for name, r in rows.items():
-        print(f"{name:22s} {r['params_m']:8.1f}M {r['gflops']:8.1f} {r['s_median']:9.2f} {r['s_min']:7.2f} "
-              f"{r['s_max']:7.2f} {r['ratio_vs_' + ref]:8.2f}x {r['ratio_vs_' + ref + '_per_round']:9.2f}x")
+        print(f"{name:22s} {r['params_m']:8.1f}M {r['gflops']:8.1f} {r['s_median']:9.4f} {r['s_min']:7.4f} "
+              f"{r['s_max']:7.4f} {r['ratio_vs_' + ref]:8.2f}x {r['ratio_vs_' + ref + '_per_round']:9.2f}x")
     verdicts = {}
     if ref == "sd15":
         for name, target in TARGETS.items():
@@ -114,7 +125,7 @@ def main() -> None:
         write_json_atomic(a.json, dict(
             command="python benchmarks/unet_step.py " + " ".join(os.sys.argv[1:]),
             date=dt.datetime.now().isoformat(timespec="seconds"), machine=machine_info(),
-            torch_version=torch.__version__, threads=a.threads, resolution=a.resolution, runs=a.runs,
+            torch_version=torch.__version__, device=str(device), dtype=a.dtype, threads=a.threads, resolution=a.resolution, runs=a.runs,
             warmup=a.warmup, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
             loadavg_start=load_start, loadavg_end=load_end, models=rows, targets=verdicts))
 

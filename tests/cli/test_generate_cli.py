@@ -44,6 +44,16 @@ def test_generate_bad_input_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2 and "prompt" in r.stderr
 
 
+def test_generate_bad_device_exits_2(quick_model_dir, tmp_path):
+    import torch
+
+    r = run("generate", "a red circle", "--model", str(quick_model_dir), "--device", "gpu0", "-o", str(tmp_path / "a.png"))
+    assert r.returncode == 2 and "--device 'gpu0'" in r.stderr and "Traceback" not in r.stderr
+    if not torch.cuda.is_available():
+        r = run("generate", "a red circle", "--model", str(quick_model_dir), "--device", "cuda", "-o", str(tmp_path / "a.png"))
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr and not (tmp_path / "a.png").exists()
+
+
 def test_eval_json_and_saved_images(quick_model_dir, tmp_path):
     out, imgs = tmp_path / "e.json", tmp_path / "imgs"
     r = run("eval", "--model", str(quick_model_dir), "--prompts", "heldout-two", "--steps", "2", "--limit", "6",

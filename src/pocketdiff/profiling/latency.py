@@ -40,7 +40,7 @@ BACKENDS = ("torch", "onnxruntime")
 
 
 def machine_info() -> dict:
-    """CPU model and core count (what a latency number needs beside it)."""
+    """CPU model and core count, and the GPU where one is visible (what a latency number needs beside it)."""
     cpu, flags = platform.processor() or platform.machine(), []
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -50,7 +50,10 @@ def machine_info() -> dict:
                 have = set(line.split(":", 1)[1].split())
                 flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in have]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "isa": flags, "platform": platform.platform()}
+    info = {"cpu": cpu, "cores": cores, "isa": flags, "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def default_threads() -> int:

@@ -65,14 +65,18 @@ def evaluate_clip(tokenizer, text_encoder, image_tower: CLIPImageTower, n: int =
     from pocketdiff.data.shapes import canonical_key, heldout_prompts, render, sample_scene, to_tensor
 
     rng = np.random.default_rng(seed)
+    device = image_tower.device  # the training device (a GPU under accelerate); the judging happens on the CPU
 
     def text_states(captions):
-        return text_encoder(input_ids=tokenize_prompts(tokenizer, captions, warn=False)).last_hidden_state
+        return text_encoder(input_ids=tokenize_prompts(tokenizer, captions, warn=False).to(device)).last_hidden_state
+
+    def images(scenes):
+        return to_tensor(np.stack([render(s, 64, rng) for s in scenes])).to(device)
 
     def retrieval(scenes, captions):
-        img = image_tower.encode_image(to_tensor(np.stack([render(s, 64, rng) for s in scenes])))
+        img = image_tower.encode_image(images(scenes))
         txt = image_tower.encode_text(text_states(captions))
-        sim = img @ txt.t()
+        sim = (img @ txt.t()).cpu()
         target = torch.arange(len(scenes))
         return (sim.argmax(1) == target).float().mean().item(), (sim.argmax(0) == target).float().mean().item()
 
@@ -91,10 +95,10 @@ def evaluate_clip(tokenizer, text_encoder, image_tower: CLIPImageTower, n: int =
 
     scenes = [sample_scene(rng) for _ in range(n_attr)]
     changed = [change_one_attribute(s, rng) for s in scenes]
-    img = image_tower.encode_image(to_tensor(np.stack([render(s, 64, rng) for s in scenes])))
+    img = image_tower.encode_image(images(scenes))
     h_true, h_other = text_states([full_caption(s) for s in scenes]), text_states([full_caption(c) for _, c in changed])
     t_true, t_other = image_tower.encode_text(h_true), image_tower.encode_text(h_other)
-    correct = ((img * t_true).sum(1) > (img * t_other).sum(1)).float()
+    correct = ((img * t_true).sum(1) > (img * t_other).sum(1)).float().cpu()
     out = {"eval_i2t_top1": i2t, "eval_t2i_top1": t2i, "eval_i2t_top1_train": i2t_train,
            "eval_attr_acc": correct.mean().item(),
            "eval_attr_cos": (t_true * t_other).sum(1).mean().item(),

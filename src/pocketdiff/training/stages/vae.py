@@ -184,8 +184,8 @@ class VAEStage(Stage):
                                                   "psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
 
     def sample(self, models, frozen, rng):
-        x = heldout_images(8)
-        rec = models["vae"].decode(models["vae"].encode(x).latent_dist.mode()).sample.float()
+        vae, x = models["vae"], heldout_images(8)
+        rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mode()).sample.float().cpu()
         both = torch.cat([x, rec.clamp(-1, 1)])
         return make_grid(to_uint8(both), cols=8)
 
