@@ -3,7 +3,8 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/unet_step.py [--runs 5] [--warmup 1] [--threads 2] [--json PATH]
     python benchmarks/unet_step.py --device cuda --dtype fp16 --runs 20 --warmup 3      (a GPU)
 
-512px (latent 4x64x64), batch 1, fp32 eager (or --dtype on --device), 77x768 text context, random weights (speed does not depend on them).
+512px (latent 4x64x64), batch 1, fp32 eager (or --dtype, --device), 77x768 text context, random weights (speed does
+not depend on them).
 All models live in ONE process and run round-robin (A, B, C, D, A, B, ...) so that they share the machine's noise;
 the median over `--runs` rounds after `--warmup` rounds is reported, with the ratio sd15 / model. Run by hand, not in
 tests (several minutes on 2 cores). Results and the exact command go to docs/benchmarks.md.
@@ -21,7 +22,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by OpenMP when torch
 import argparse
 import datetime as dt
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -29,17 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pocketdiff.arch import FlexUNet, get_spec
 from pocketdiff.io import write_json_atomic
-from pocketdiff.profiling.latency import machine_info
+from pocketdiff.profiling.latency import machine_info, synced_clock
 
 MODELS = ("sd15", "snapfusion", "mobilediffusion", "mobilediffusion-lite")
 TARGETS = {"mobilediffusion": 2.5, "snapfusion": 1.5}  # sd15 / model, at least
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # kernels run asynchronously: time them only once they are done
-    return time.perf_counter()
 
 
 def gflops(spec, latent: int, ctx_len: int) -> float:
@@ -85,9 +79,9 @@ def main() -> None:
     with torch.inference_mode():
         for r in range(a.warmup + a.runs):
             for name in names:  # round-robin: every model sees the same stretch of machine noise
-                t0 = clock(device)
+                t0 = synced_clock(device)
                 models[name](x, t, ctx)
-                dt_s = clock(device) - t0
+                dt_s = synced_clock(device) - t0
                 if r >= a.warmup:
                     times[name].append(dt_s)
                 print(f"round {r + 1}/{a.warmup + a.runs}{' (warm-up)' if r < a.warmup else ''} {name}: {dt_s:.4f} s",
@@ -125,8 +119,8 @@ def main() -> None:
         write_json_atomic(a.json, dict(
             command="python benchmarks/unet_step.py " + " ".join(os.sys.argv[1:]),
             date=dt.datetime.now().isoformat(timespec="seconds"), machine=machine_info(),
-            torch_version=torch.__version__, device=str(device), dtype=a.dtype, threads=a.threads, resolution=a.resolution, runs=a.runs,
-            warmup=a.warmup, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+            torch_version=torch.__version__, device=str(device), dtype=a.dtype, threads=a.threads,
+            resolution=a.resolution, runs=a.runs, warmup=a.warmup, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
             loadavg_start=load_start, loadavg_end=load_end, models=rows, targets=verdicts))
 
 

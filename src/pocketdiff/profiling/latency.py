@@ -39,6 +39,14 @@ from .flops import ArchCost, UnitCost, analyze, dummy_inputs, latent_size, stage
 BACKENDS = ("torch", "onnxruntime")
 
 
+def synced_clock(device: torch.device) -> float:
+    """perf_counter once the device's queued work is done: CUDA kernels run asynchronously, so a timer read without
+    synchronizing measures the launch, not the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def machine_info() -> dict:
     """CPU model and core count, and the GPU where one is visible (what a latency number needs beside it)."""
     cpu, flags = platform.processor() or platform.machine(), []

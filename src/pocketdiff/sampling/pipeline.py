@@ -8,7 +8,6 @@ guidance (Ho & Salimans 2022): eps_or_v = u + w (c - u), with diffusers' schedul
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 
 from ..errors import DataError, ModelDirError
 from ..io import write_text_atomic
+from ..profiling.latency import synced_clock
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SCHEDULERS = ("ddim", "dpm", "dpm++")
@@ -35,13 +35,6 @@ def make_scheduler(name: str, config: dict):
             config, algorithm_type="dpmsolver" if name == "dpm" else "dpmsolver++", solver_order=2,
             final_sigmas_type="sigma_min" if name == "dpm" else "zero")
     raise DataError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-
-
-def _clock(device: torch.device) -> float:
-    """perf_counter after the device's queued work: CUDA kernels run asynchronously, so time them only once done."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 @dataclass
@@ -103,9 +96,9 @@ class TextToImagePipeline(DiffusionPipeline):
         cfg = guidance_scale != 1.0
 
         # 1. text: conditional and (for CFG) unconditional embeddings
-        t0 = _clock(self.device)
+        t0 = synced_clock(self.device)
         ctx = self.encode(prompts + ([""] * len(prompts) if cfg else []))
-        t_.text_encoder = 1e3 * (_clock(self.device) - t0)
+        t_.text_encoder = 1e3 * (synced_clock(self.device) - t0)
 
         # 2. initial noise, one generator per image: the same seed gives the same image in any batch
         shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
@@ -115,7 +108,7 @@ class TextToImagePipeline(DiffusionPipeline):
         sched.set_timesteps(num_inference_steps)
 
         # 3. denoise: v (or eps) = u + w (c - u)
-        t0 = _clock(self.device)
+        t0 = synced_clock(self.device)
         for t in sched.timesteps:
             x = torch.cat([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, t)
@@ -125,14 +118,14 @@ class TextToImagePipeline(DiffusionPipeline):
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
             latents = sched.step(out, t, latents).prev_sample
-        t_.unet_total = 1e3 * (_clock(self.device) - t0)
+        t_.unet_total = 1e3 * (synced_clock(self.device) - t0)
         if not decode:
             return Generation(images=latents.float().cpu().numpy(), timings=t_)
 
         # 4. decode
-        t0 = _clock(self.device)
+        t0 = synced_clock(self.device)
         images = self.decode_latents(latents)
-        t_.decoder = 1e3 * (_clock(self.device) - t0)
+        t_.decoder = 1e3 * (synced_clock(self.device) - t0)
         return Generation(images=images, timings=t_)
 
     @torch.no_grad()
