@@ -87,6 +87,7 @@ class DecoderStage(Stage):
 
             o = self.opts
             self.teacher_path = Path(o.teacher_vae) if o.teacher_vae else Path(o.model_dir) / "vae"
+            self.unet_path = Path(o.unet) if o.unet else Path(o.model_dir) / "unet"  # whose latents it learns on
             self._frozen = {"teacher": load_vae_dir(self.teacher_path).eval().requires_grad_(False)}
         return self._frozen
 
@@ -171,7 +172,7 @@ class DecoderStage(Stage):
         from pocketdiff.sampling.pipeline import load_pipeline
 
         o = self.opts
-        pipe = load_pipeline(o.model_dir, unet_dir=o.unet, vae_dir=self.teacher_path)
+        pipe = load_pipeline(o.model_dir, unet_dir=self.unet_path, vae_dir=self.teacher_path)
         with torch.random.fork_rng(devices=[]):
             chunks = sample_prompts(pipe, prompts, steps, o.guidance_scale, seed=seed, batch_size=o.generation_batch,
                                     decode=False, desc=f"teacher latents ({len(prompts)}, {steps} steps)")
@@ -192,9 +193,8 @@ class DecoderStage(Stage):
             self._pipeline_latents(self._heldout_prompts(o.eval_latents), EVAL_SEED, steps))
         if not o.latent_cache:
             return make()
-        unet_dir = Path(o.unet) if o.unet else Path(o.model_dir) / "unet"
-        unet_files = sorted(unet_dir.glob("*.safetensors"))
-        key = json.dumps([str(Path(o.model_dir).resolve()), str(unet_dir.resolve()),
+        unet_files = sorted(self.unet_path.glob("*.safetensors"))
+        key = json.dumps([str(Path(o.model_dir).resolve()), str(self.unet_path.resolve()),
                           [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in unet_files],
                           str(self.teacher_path.resolve()), o.bank_size, o.eval_latents,
                           steps, o.guidance_scale, o.data, o.two_object_fraction, BANK_SEED, EVAL_SEED])
