@@ -1,6 +1,7 @@
 """One training step of the shapes-world teacher in fp32 and in bf16 autocast, at 1 and 2 threads, side by side.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py [--runs 10] [--warmup 2] [--threads 1,2] [--json PATH]
+        [--preset scratch] [--precisions fp32]
 
 The real step of `pocketdiff train teacher --config configs/shapes/teacher.yaml`: a batch of 32 rendered scenes,
 VAE encoding, text encoding, the UNet forward and backward, AdamW. The question it answers: does bf16 autocast
@@ -35,18 +36,20 @@ from pocketdiff.training.stages.teacher import TeacherStage
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/shapes/teacher.yaml")
+    ap.add_argument("--preset", default=None, help="a preset of the config (its batch size, options)")
+    ap.add_argument("--precisions", default="fp32,bf16 autocast", help="comma-separated: fp32, bf16 autocast")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (atomically)")
     a = ap.parse_args()
 
-    stage = TeacherStage(load_config(a.config))
+    stage = TeacherStage(load_config(a.config, a.preset, {"options": {"init_unet": None}}))
     unet, frozen = stage.build()["unet"].train(), stage.build_frozen()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
     rng = np.random.default_rng(0)
     precisions = {"fp32": contextlib.nullcontext, "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
-    settings = [(p, int(t)) for t in a.threads.split(",") for p in precisions]
+    settings = [(p, int(t)) for t in a.threads.split(",") for p in a.precisions.split(",")]
 
     def step(precision: str, threads: int) -> float:
         torch.set_num_threads(threads)
@@ -69,16 +72,16 @@ def main() -> None:
     for p, t in settings:
         med = statistics.median(times[(p, t)])
         rows.append({"precision": p, "threads": t, "median_s": med, "min_s": min(times[(p, t)]),
-                     "max_s": max(times[(p, t)]), "vs_fp32": med / statistics.median(times[("fp32", t)]),
+                     "max_s": max(times[(p, t)]), "vs_fp32": med / statistics.median(times[("fp32", t)]) if ("fp32", t) in times else None,
                      "samples_per_s": stage.cfg.batch_size / med})
     print(f"{'precision':<14}{'threads':>8}{'median s':>10}{'min':>8}{'max':>8}{'x fp32':>8}{'img/s':>8}")
     for r in rows:
         print(f"{r['precision']:<14}{r['threads']:>8}{r['median_s']:>10.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}"
-              f"{r['vs_fp32']:>8.2f}{r['samples_per_s']:>8.1f}")
+              f"{r['vs_fp32'] or float('nan'):>8.2f}{r['samples_per_s']:>8.1f}")
     print(f"load average {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     if a.json:
         write_json_atomic(a.json, {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
-                                   "config": a.config, "batch_size": stage.cfg.batch_size, "runs": a.runs,
+                                   "config": a.config, "preset": a.preset, "batch_size": stage.cfg.batch_size, "runs": a.runs,
                                    "warmup": a.warmup, "load_avg_start": load_start[0],
                                    "load_avg_end": os.getloadavg()[0], "results": rows})
 

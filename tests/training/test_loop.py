@@ -219,3 +219,21 @@ def test_cli_errors(tmp_path):
     result = CliRunner().invoke(app, ["vae", "--config", str(write(tmp_path, "stage: vae\nexport_dir: x\nbad: 1\n"))])
     assert isinstance(result.exception, ConfigError)
     assert CliRunner().invoke(app, ["nostage"]).exit_code == 2
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    import pytest
+
+    from pocketdiff.profiling import latency
+    from pocketdiff.training import loop
+
+    monkeypatch.setattr(latency, "machine_info", lambda: {"isa": ["avx2"], "cores": 2})
+    with pytest.warns(UserWarning, match="avx512_bf16"):
+        loop._make_accelerator("bf16")
+    monkeypatch.setattr(latency, "machine_info", lambda: {"isa": ["avx2", "avx512f", "avx512_bf16"], "cores": 2})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loop._make_accelerator("bf16")
+        loop._make_accelerator("no")

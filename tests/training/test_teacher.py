@@ -68,3 +68,47 @@ def test_timestep_densities():
     assert abs(np.median(shifted) - 1000 / (1 + np.exp(-0.5))) < 20  # median of sigmoid(N(0.5, 1)) x T = 622
     assert (shifted < 200).mean() < 0.05 < (uniform < 200).mean()
     np.testing.assert_array_equal(shifted, sample_timesteps(np.random.default_rng(0), 20000, 1000, "logit_normal", 0.5))
+
+
+def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error():
+    """Hang et al. 2023 weight the x0-MSE by min(SNR, gamma); on a v (or eps) prediction our weight must give exactly that."""
+    from diffusers import DDPMScheduler
+
+    from pocketdiff.training.stages.teacher import min_snr_weight
+
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 50, 300, 700, 999])
+    x0, eps = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    z = alpha * x0 + sigma * eps
+    snr = (abar / (1 - abar)).flatten()
+    v = alpha * eps - sigma * x0
+    v_hat = v + 0.1 * torch.randn(v.shape, generator=g)
+    x0_from_v = alpha * z - sigma * v_hat
+    x0_mse = ((x0_from_v - x0) ** 2).mean(dim=(1, 2, 3))
+    v_mse = ((v_hat - v) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(min_snr_weight(sched, t, 5.0, "v_prediction") * v_mse, snr.clamp(max=5.0) * x0_mse)
+    eps_hat = eps + 0.1 * torch.randn(eps.shape, generator=g)
+    x0_from_eps = (z - sigma * eps_hat) / alpha
+    keep = t < 999  # alpha_T ~ 0: x0 from eps is ill-posed there
+    torch.testing.assert_close((min_snr_weight(sched, t, 5.0, "epsilon") * ((eps_hat - eps) ** 2).mean(dim=(1, 2, 3)))[keep],
+                               (snr.clamp(max=5.0) * ((x0_from_eps - x0) ** 2).mean(dim=(1, 2, 3)))[keep], rtol=1e-3, atol=1e-4)
+
+
+def test_min_snr_loss_trains(quick_model_dir):
+    stage = quick_stage(quick_model_dir)
+    stage.opts.loss_weighting = "min_snr"
+    models = torch.nn.ModuleDict(stage.build())
+    frozen = stage.build_frozen()
+    batch = stage.get_batch(np.random.default_rng(0))
+    opt = torch.optim.AdamW(models.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = stage.compute_loss(models, frozen, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])

@@ -50,6 +50,11 @@ class TeacherStage(Stage):
         timestep_density: Literal["uniform", "logit_normal"] = "uniform"
         logit_mean: float = 0.0
         logit_std: float = 1.0
+        # Loss weighting over timesteps: none (plain MSE on the target, SD) or min-SNR-gamma (Hang et al. 2023, eq. 7:
+        # w_t = min(SNR_t, gamma) / SNR_t for eps, / (SNR_t + 1) for v), which caps the weight of low-noise steps
+        # that dominate the gradient; the paper reports ~3x faster convergence. gamma 5 as the paper.
+        loss_weighting: Literal["none", "min_snr"] = "none"
+        snr_gamma: float = 5.0
         latent_sample: bool = True  # VAE posterior samples (SD); False: means (measured worse: encode_latents)
         two_object_fraction: float = 0.5
         data: str = "shapes"
@@ -127,8 +132,11 @@ class TeacherStage(Stage):
             ctx = encode_prompts(self.tokenizer, frozen["text_encoder"], batch["caption"])
         target = self.scheduler.get_velocity(x0, noise, t) if self.opts.prediction_type == "v_prediction" else noise
         pred = unet(z_t, t, ctx).sample
-        loss = F.mse_loss(pred.float(), target.float())
-        return loss, {}
+        if self.opts.loss_weighting == "none":
+            return F.mse_loss(pred.float(), target.float()), {}
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        w = min_snr_weight(self.scheduler, t, self.opts.snr_gamma, self.opts.prediction_type)
+        return (w * per_sample).mean(), {}
 
     # ------------------------------------------------------------------ monitoring
     def sample(self, models, frozen, rng):
@@ -157,6 +165,17 @@ def sample_timesteps(rng: np.random.Generator, n: int, num_train_timesteps: int,
         return rng.integers(0, num_train_timesteps, size=n)
     u = 1.0 / (1.0 + np.exp(-rng.normal(logit_mean, logit_std, size=n)))
     return np.minimum((u * num_train_timesteps).astype(np.int64), num_train_timesteps - 1)
+
+
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023, eq. 7), SNR_t = alpha_t^2 / sigma_t^2 = abar_t / (1 - abar_t).
+
+    The paper weights the x0-MSE by min(SNR, gamma). Since x0 - x0_hat = sigma (v_hat - v) = (sigma / alpha)
+    (eps_hat - eps), that is min(SNR, gamma) / (SNR + 1) on the v-MSE and min(SNR, gamma) / SNR on the eps-MSE."""
+    abar = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = abar / (1 - abar)
+    capped = snr.clamp(max=gamma)
+    return capped / (snr + 1) if prediction_type == "v_prediction" else capped / snr
 
 
 def noised_latents(scheduler, vae, batch: dict, latent_sample: bool = True):
