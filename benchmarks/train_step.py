@@ -3,11 +3,12 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py [--runs 10] [--warmup 2] [--threads 1,2] [--json PATH]
         [--preset scratch] [--precisions fp32]
 
-The real step of `pocketdiff train teacher --config configs/shapes/teacher.yaml`: a batch of 32 rendered scenes,
-VAE encoding, text encoding, the UNet forward and backward, AdamW. The question it answers: does bf16 autocast
-(`mixed_precision: bf16`, what accelerate applies) pay on this CPU for a UNet this small (8.8M params, 16x16
-latents)? Every (precision, threads) setting runs round-robin in one process so that they share the machine's noise;
-medians over `--runs` rounds after `--warmup` rounds, and the ratio to fp32 at the same thread count.
+The real step of `pocketdiff train teacher --config configs/shapes/teacher.yaml [--preset P]`: a batch of 32 (or the
+preset's batch size) rendered scenes, VAE encoding, text encoding, the UNet forward and backward, AdamW. The
+question it answers: does bf16 autocast (`mixed_precision: bf16`, what accelerate applies) pay on this CPU for a UNet
+this small (8.8M params, 16x16 latents)? Every (precision, threads) setting runs round-robin in one process so that
+they share the machine's noise; medians over `--runs` rounds after `--warmup` rounds, and the ratio to fp32 at the
+same thread count.
 Needs the shipped models/shapes (text encoder, VAE). Run by hand; results go to docs/benchmarks.md.
 """
 
@@ -71,8 +72,9 @@ def main() -> None:
     rows = []
     for p, t in settings:
         med = statistics.median(times[(p, t)])
+        fp32 = times.get(("fp32", t))
         rows.append({"precision": p, "threads": t, "median_s": med, "min_s": min(times[(p, t)]),
-                     "max_s": max(times[(p, t)]), "vs_fp32": med / statistics.median(times[("fp32", t)]) if ("fp32", t) in times else None,
+                     "max_s": max(times[(p, t)]), "vs_fp32": med / statistics.median(fp32) if fp32 else None,
                      "samples_per_s": stage.cfg.batch_size / med})
     print(f"{'precision':<14}{'threads':>8}{'median s':>10}{'min':>8}{'max':>8}{'x fp32':>8}{'img/s':>8}")
     for r in rows:
@@ -81,8 +83,8 @@ def main() -> None:
     print(f"load average {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     if a.json:
         write_json_atomic(a.json, {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
-                                   "config": a.config, "preset": a.preset, "batch_size": stage.cfg.batch_size, "runs": a.runs,
-                                   "warmup": a.warmup, "load_avg_start": load_start[0],
+                                   "config": a.config, "preset": a.preset, "batch_size": stage.cfg.batch_size,
+                                   "runs": a.runs, "warmup": a.warmup, "load_avg_start": load_start[0],
                                    "load_avg_end": os.getloadavg()[0], "results": rows})
 
 

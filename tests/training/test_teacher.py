@@ -71,7 +71,7 @@ def test_timestep_densities():
 
 
 def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error():
-    """Hang et al. 2023 weight the x0-MSE by min(SNR, gamma); on a v (or eps) prediction our weight must give exactly that."""
+    """Hang et al. 2023 weight the x0-MSE by min(SNR, gamma); on a v (or eps) target our weight must give just that."""
     from diffusers import DDPMScheduler
 
     from pocketdiff.training.stages.teacher import min_snr_weight
@@ -93,8 +93,10 @@ def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error():
     eps_hat = eps + 0.1 * torch.randn(eps.shape, generator=g)
     x0_from_eps = (z - sigma * eps_hat) / alpha
     keep = t < 999  # alpha_T ~ 0: x0 from eps is ill-posed there
-    torch.testing.assert_close((min_snr_weight(sched, t, 5.0, "epsilon") * ((eps_hat - eps) ** 2).mean(dim=(1, 2, 3)))[keep],
-                               (snr.clamp(max=5.0) * ((x0_from_eps - x0) ** 2).mean(dim=(1, 2, 3)))[keep], rtol=1e-3, atol=1e-4)
+    eps_mse = ((eps_hat - eps) ** 2).mean(dim=(1, 2, 3))
+    x0_mse = ((x0_from_eps - x0) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close((min_snr_weight(sched, t, 5.0, "epsilon") * eps_mse)[keep],
+                               (snr.clamp(max=5.0) * x0_mse)[keep], rtol=1e-3, atol=1e-4)
 
 
 def test_min_snr_loss_trains(quick_model_dir):
