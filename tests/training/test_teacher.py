@@ -10,19 +10,23 @@ def quick_stage(model_dir):
     return TeacherStage(cfg)
 
 
-def test_teacher_loss_falls_on_a_fixed_batch(quick_model_dir):
-    stage = quick_stage(quick_model_dir)
+def losses_on_a_fixed_batch(stage, steps: int = 30) -> list[float]:
     models = torch.nn.ModuleDict(stage.build())
     frozen = stage.build_frozen()
     batch = stage.get_batch(np.random.default_rng(0))  # same images, captions, t and noise every step
     opt = torch.optim.AdamW(models.parameters(), lr=3e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         loss, _ = stage.compute_loss(models, frozen, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_teacher_loss_falls_on_a_fixed_batch(quick_model_dir):
+    losses = losses_on_a_fixed_batch(quick_stage(quick_model_dir))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
 
 
@@ -102,15 +106,5 @@ def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error():
 def test_min_snr_loss_trains(quick_model_dir):
     stage = quick_stage(quick_model_dir)
     stage.opts.loss_weighting = "min_snr"
-    models = torch.nn.ModuleDict(stage.build())
-    frozen = stage.build_frozen()
-    batch = stage.get_batch(np.random.default_rng(0))
-    opt = torch.optim.AdamW(models.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss, _ = stage.compute_loss(models, frozen, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = losses_on_a_fixed_batch(stage)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
