@@ -227,6 +227,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
     from pocketdiff.profiling import latency
     from pocketdiff.training import loop
 
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # the warning is about CPUs; a visible GPU would take the run
     monkeypatch.setattr(latency, "machine_info", lambda: {"isa": ["avx2"], "cores": 2})
     with pytest.warns(UserWarning, match="avx512_bf16"):
         loop._make_accelerator("bf16")
