@@ -168,12 +168,13 @@ def sample_timesteps(rng: np.random.Generator, n: int, num_train_timesteps: int,
 
 
 def min_snr_weight(scheduler, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma weights (Hang et al. 2023, eq. 7), SNR_t = alpha_t^2 / sigma_t^2 = abar_t / (1 - abar_t).
+    """Min-SNR-gamma weights (Hang et al. 2023, eq. 7), SNR_t = alpha_t^2 / sigma_t^2 (diffusers' `compute_snr`).
 
     The paper weights the x0-MSE by min(SNR, gamma). Since x0 - x0_hat = sigma (v_hat - v) = (sigma / alpha)
     (eps_hat - eps), that is min(SNR, gamma) / (SNR + 1) on the v-MSE and min(SNR, gamma) / SNR on the eps-MSE."""
-    abar = scheduler.alphas_cumprod.to(t.device)[t].float()
-    snr = abar / (1 - abar)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, t)
     capped = snr.clamp(max=gamma)
     return capped / (snr + 1) if prediction_type == "v_prediction" else capped / snr
 
