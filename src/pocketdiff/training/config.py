@@ -56,7 +56,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999  # None: no EMA, export the raw weights
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # auto: bf16 on a GPU that has it, fp32 on a CPU (`loop.resolve_mixed_precision`)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "no"
     num_threads: int | None = None  # torch.set_num_threads; None: all cores
     # bookkeeping (0 disables)
     log_every: int = 10

@@ -205,12 +205,25 @@ def _make_accelerator(mixed_precision: str):
     # Accelerate keeps process-wide singletons; several train() calls in one process (tests) need a fresh state.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
     if mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("mixed_precision: bf16 on a CPU without avx512_bf16 / amx_bf16: bf16 is emulated there, "
                       "~13x slower than fp32 (the VAE stage, AMD EPYC Zen 3: 13.5 s against 1.0 s a step); "
                       "use --set 'mixed_precision=\"no\"'", stacklevel=3)
     return accelerator
+
+
+def resolve_mixed_precision(mixed_precision: str) -> str:
+    """`auto` -> bf16 where the run goes to a GPU with bf16, else "no" (fp32). Our choice: on CPUs fp32 was as fast
+    or faster for the shapes UNets even on a Zen 4 with avx512_bf16 (benchmarks/train_step.py), and bf16 is emulated,
+    ~13x slower, on CPUs without it; on GPUs bf16 autocast is the usual default for SD training."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    import torch
+    from accelerate import PartialState
+
+    device = PartialState().device  # where Accelerate will put the run (honours ACCELERATE_USE_CPU, multi-GPU ranks)
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
 
 
 def cpu_has_native_bf16() -> bool:
