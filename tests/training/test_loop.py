@@ -68,13 +68,14 @@ def weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
 
 
 def test_resume_is_exact_toy(tmp_path):
+    sigint_before = signal.getsignal(signal.SIGINT)  # SIG_IGN, not Python's default, under nohup or a background job
     full = train(ToyStage(cfg := toy_cfg(tmp_path)), cfg, tmp_path / "full")
     # Ctrl-C during the 4th batch -> step 4 completes, checkpoint at step 4, no export; then resume to step 8
     cut = toy_cfg(tmp_path, options={"interrupt_at_batch": 4})
     stopped = train(ToyStage(cut), cut, tmp_path / "split")
     assert stopped["stopped"] == "interrupted" and stopped["step"] == 4
     assert json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())["step"] == 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # the caller's handler restored
     again = train(ToyStage(cfg), cfg, tmp_path / "split", resume=True)
     assert full["step"] == again["step"] == 8
     for name in ("model.safetensors", "ema.safetensors"):
