@@ -1,0 +1,79 @@
+"""Issue #5's distillation ablations as one figure: a column per ablation, a row per held-out set, FID against
+compositional accuracy over w for each variant, with the teacher's 8-step samplers in grey for reference.
+
+    python scripts/plot_ablations.py docs/results/ablations_s19/gentle_vs_base.json --out gentle_ablations.png
+
+Reads the pooled rows that `scripts/compare_evals.py --json` writes; the labels are those of
+`scripts/distill_ablations.sh` (base, p0, p1, w2to6, t16, chain, prog, ddim8, dpmpp8). A variant missing from the
+file is left out of its panel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+# (column title, [(label in the JSON, legend name)]); `base` is the shipped recipe, in every column
+ABLATIONS = [
+    ("CFG loss probability p", [("base", "p 0.1 (base)"), ("p0", "p 0 (vanilla only)"), ("p1", "p 1 (CFG only)")]),
+    ("CFG loss guidance range", [("base", "w in [2, 14] (base)"), ("w2to6", "w in [2, 6]")]),
+    ("schedule", [("base", "direct 32 -> 8 (base)"), ("chain", "32 -> 16 -> 8"), ("prog", "64 -> 32 -> 16 -> 8")]),
+    ("teacher steps", [("base", "32-step teacher (base)"), ("t16", "16-step teacher")]),
+]
+REFERENCE = [("ddim8", "teacher DDIM 8", ":"), ("dpmpp8", "teacher DPM-Solver++ 8", "--")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", help="compare_evals.py --json output")
+    ap.add_argument("--out", required=True, help="PNG")
+    ap.add_argument("--title", default="")
+    a = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pocketdiff.io import atomic_path
+
+    rows = json.load(open(a.json))["rows"]
+    psets = list(dict.fromkeys(r["prompt_set"] for r in rows))
+    labels = {r["model"] for r in rows}
+    cols = [(t, [v for v in vs if v[0] in labels]) for t, vs in ABLATIONS]
+    cols = [(t, vs) for t, vs in cols if len(vs) > 1]
+    fig, axes = plt.subplots(len(psets), len(cols), figsize=(4.2 * len(cols), 3.8 * len(psets)), squeeze=False)
+
+    def curve(ax, label, name, style, color=None):
+        pts = sorted((r for r in rows if r["model"] == label and r["prompt_set"] == pset and r["fid_mean"] is not None),
+                     key=lambda r: r["guidance"])
+        if not pts:
+            return
+        xs, ys = [100 * r["accuracy"] for r in pts], [r["fid_mean"] for r in pts]
+        ax.plot(xs, ys, style, ms=3, lw=1.2, label=name, color=color)
+        for i in (0, len(pts) - 1):
+            ax.annotate(f"w={pts[i]['guidance']:g}", (xs[i], ys[i]), fontsize=6, textcoords="offset points",
+                        xytext=(3, 3), color=color)
+
+    for row, pset in zip(axes, psets):
+        for ax, (title, variants) in zip(row, cols):
+            for label, name, ls in REFERENCE:
+                curve(ax, label, name, ls + "o", color="0.55")
+            for label, name in variants:
+                curve(ax, label, name, "o-")
+            ax.set_title(f"{title}: {pset}", fontsize=9)
+            ax.set_xlabel("compositional accuracy (%), 3 seed sets")
+            ax.set_ylabel("domain FID (mean of 3)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    if a.title:
+        fig.suptitle(a.title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(a.out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    print(a.out)
+
+
+if __name__ == "__main__":
+    main()
