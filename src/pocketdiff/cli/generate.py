@@ -72,7 +72,7 @@ def generate(
         prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise DataError('give a prompt ("a red circle left of a blue square") or --prompts-file FILE')
-    # without --unet, the model's default row in demo.json (shipped: the teacher, 8 DDIM steps) fills the unset options
+    # without --unet, the model's default row in demo.json (shipped: the 8-step student) fills the unset options
     default = default_variant(model) if unet is None else {}
     unet, vae = unet or default.get("unet"), vae or default.get("vae")
     steps = steps or default.get("steps", 50)
