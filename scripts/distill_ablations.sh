@@ -15,6 +15,7 @@
 #     bash scripts/distill_ablations.sh OUT_DIR            (a GPU machine: about 7 minutes)
 #     DRY=1 bash scripts/distill_ablations.sh OUT_DIR      (seconds-long settings on any machine: checks the script)
 #     ROUND=strong D_STEPS=500 LR=3e-5 MIN_LR=3e-6 bash ...  (the five one-change students at session 17's recipe)
+#     ROUND=two S_STEPS=2 WS=1.5,2,2.5 LR=3e-5 MIN_LR=3e-6 MAX_MIN=1.6 bash ...  (2 steps: p 0.1 / 0 / 1, k 2 / 4)
 # Pool and plot: python scripts/compare_evals.py --ref ddim8@2=OUT/ddim8.s0.json,... --model base=OUT/base.s0.json,...
 set -u
 OUT=${1:?usage: distill_ablations.sh OUT_DIR}
@@ -25,8 +26,9 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ "${DRY:-0}" = 1 ]; then
   D_STEPS=2 BATCH=2 LIMIT=4 WS=2 SEEDS="0" DEVICE=auto CAP=2
 else
-  D_STEPS=${D_STEPS:-200} BATCH=32 LIMIT=200 WS=1.5,2,2.5,3,4 SEEDS="0 1000 2000" DEVICE=cuda CAP=5
+  D_STEPS=${D_STEPS:-200} BATCH=32 LIMIT=200 WS=${WS:-1.5,2,2.5,3,4} SEEDS="0 1000 2000" DEVICE=cuda CAP=5
 fi
+S=${S_STEPS:-8}  # the student's steps
 PD=("$PY" -c "from pocketdiff.cli import main; main()")
 note() { echo "$(date +%T) $*" | tee -a "$OUT/log.txt"; }
 
@@ -34,7 +36,7 @@ distil() {  # distil NAME TEACHER_STEPS STUDENT_STEPS args...: one run of the sh
   local name=$1 ts=$2 ss=$3; shift 3
   local t0=$SECONDS
   timeout $((CAP * 60 + 60)) "${PD[@]}" distill steps --teacher models/shapes --teacher-steps "$ts" --student-steps "$ss" \
-    --out "$WORK/run_$name" --export "$WORK/$name/unet" --set max_steps=$D_STEPS --set max_minutes=$CAP \
+    --out "$WORK/run_$name" --export "$WORK/$name/unet" --set max_steps=$D_STEPS --set max_minutes=${MAX_MIN:-$CAP} \
     --set batch_size=$BATCH --set lr=${LR:-1e-5} --set min_lr=${MIN_LR:-1e-6} --set warmup_steps=20 --set options.two_object_fraction=0.8 \
     --set eval_every=0 --set sample_every=0 --set checkpoint_every=1000000 --set options.eval_prompts=0 \
     --set log_every=25 "$@" --json "$OUT/$name.train.json" > "$OUT/$name.train.log" 2>&1
@@ -45,23 +47,28 @@ distil() {  # distil NAME TEACHER_STEPS STUDENT_STEPS args...: one run of the sh
   return $rc
 }
 
-judge() {  # judge NAME eval-args...: 8 steps, every w of the grid, both held-out sets, one process per seed set
+judge() {  # judge NAME eval-args...: S steps, every w of the grid, both held-out sets, one process per seed set
   local name=$1; shift
   local t0=$SECONDS
   for s in $SEEDS; do
-    timeout 300 "${PD[@]}" eval "$@" --steps 8 --guidance $WS --seed "$s" --limit $LIMIT --device $DEVICE \
+    timeout 300 "${PD[@]}" eval "$@" --steps $S --guidance $WS --seed "$s" --limit $LIMIT --device $DEVICE \
       --json "$OUT/$name.s$s.json" > "$OUT/$name.s$s.eval.log" 2>&1 &
   done
   wait
   note "$name eval done wall_s=$((SECONDS - t0)) files=$(ls "$OUT"/"$name".s*.json 2>/dev/null | wc -l)"
 }
 
-student() {  # student NAME TEACHER_STEPS args...: 8-step student from the teacher, then judged
+student() {  # student NAME TEACHER_STEPS args...: S-step student from the teacher, then judged
   local name=$1 ts=$2; shift 2
-  distil "$name" "$ts" 8 "$@" && judge "$name" --unet "$WORK/$name/unet"
+  distil "$name" "$ts" $S "$@" && judge "$name" --unet "$WORK/$name/unet"
 }
 
 note "start: $("$PY" -c 'import torch, diffusers; print(torch.__version__, diffusers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())')"
+if [ "${ROUND:-1}" = two ]; then  # 2-step students straight from the teacher (session 18's straight run: k = 2)
+  student base 4 & student p0 4 --p 0 & student p1 4 --p 1 & student k4 8 &
+  judge ddim2 & judge dpmpp2 --scheduler dpm++ &
+  wait; note done; rm -rf "$WORK"; exit
+fi
 student base 32 &
 student p0 32 --p 0 &
 student p1 32 --p 1 &
