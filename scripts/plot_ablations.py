@@ -23,6 +23,12 @@ ABLATIONS = [
 REFERENCE = [("ddim8", "teacher DDIM 8", ":"), ("dpmpp8", "teacher DPM-Solver++ 8", "--")]
 
 
+def columns(labels: set[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The ablations that `labels` can draw: each column keeps the variants present, and needs two of them."""
+    cols = [(title, [v for v in variants if v[0] in labels]) for title, variants in ABLATIONS]
+    return [(title, variants) for title, variants in cols if len(variants) > 1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", help="compare_evals.py --json output")
@@ -39,9 +45,9 @@ def main() -> None:
 
     rows = json.load(open(a.json))["rows"]
     psets = list(dict.fromkeys(r["prompt_set"] for r in rows))
-    labels = {r["model"] for r in rows}
-    cols = [(t, [v for v in vs if v[0] in labels]) for t, vs in ABLATIONS]
-    cols = [(t, vs) for t, vs in cols if len(vs) > 1]
+    cols = columns({r["model"] for r in rows})
+    if not cols:
+        raise SystemExit(f"{a.json}: no ablation has two of its variants here ({', '.join(l for _, vs in ABLATIONS for l, _ in vs)})")
     fig, axes = plt.subplots(len(psets), len(cols), figsize=(4.2 * len(cols), 3.8 * len(psets)), squeeze=False)
 
     def curve(ax, label, name, style, color=None):

@@ -121,3 +121,29 @@ def test_compare_evals_pools_seed_sets_and_pairs_verdicts(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--ref", f"t={files['ref0']}", "--model", f"s={files['new0']}"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "guidance" in bad.stderr
+
+
+def test_plot_ablations_draws_the_columns_it_has(tmp_path):
+    """scripts/plot_ablations.py: a column per ablation with two of its variants present; a PNG from pooled rows."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "plot_ablations.py"
+    sys.path.insert(0, str(script.parent))
+    try:
+        from plot_ablations import columns
+    finally:
+        sys.path.pop(0)
+    assert [t for t, _ in columns({"base", "p0", "ddim8"})] == ["CFG loss probability p"]
+    assert [len(v) for _, v in columns({"base", "p0", "p1", "t16", "prog"})] == [3, 2, 2]
+    rows = [{"model": m, "prompt_set": ps, "guidance": w, "accuracy": 0.5 + w / 10, "fid_mean": 30 - w}
+            for m in ("base", "p0", "ddim8") for ps in ("heldout-single", "heldout-two") for w in (1.5, 2.0)]
+    src, png = tmp_path / "rows.json", tmp_path / "abl.png"
+    src.write_text(json.dumps({"rows": rows}))
+    r = subprocess.run([sys.executable, str(script), str(src), "--out", str(png)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert png.stat().st_size > 0
+    src.write_text(json.dumps({"rows": [r for r in rows if r["model"] != "p0"]}))
+    bad = subprocess.run([sys.executable, str(script), str(src), "--out", str(png)], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "no ablation" in bad.stderr
