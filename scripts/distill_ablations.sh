@@ -37,7 +37,8 @@ distil() {  # distil NAME TEACHER_STEPS STUDENT_STEPS args...: one run of the sh
   local t0=$SECONDS
   timeout $((CAP * 60 + 60)) "${PD[@]}" distill steps --teacher models/shapes --teacher-steps "$ts" --student-steps "$ss" \
     --out "$WORK/run_$name" --export "$WORK/$name/unet" --set max_steps=$D_STEPS --set max_minutes=${MAX_MIN:-$CAP} \
-    --set batch_size=$BATCH --set lr=${LR:-1e-5} --set min_lr=${MIN_LR:-1e-6} --set warmup_steps=20 --set options.two_object_fraction=0.8 \
+    --set batch_size=$BATCH --set lr=${LR:-1e-5} --set min_lr=${MIN_LR:-1e-6} --set warmup_steps=20 \
+    --set options.two_object_fraction=0.8 \
     --set eval_every=0 --set sample_every=0 --set checkpoint_every=1000000 --set options.eval_prompts=0 \
     --set log_every=25 "$@" --json "$OUT/$name.train.json" > "$OUT/$name.train.log" 2>&1
   local rc=$?

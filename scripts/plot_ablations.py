@@ -47,7 +47,8 @@ def main() -> None:
     psets = list(dict.fromkeys(r["prompt_set"] for r in rows))
     cols = columns({r["model"] for r in rows})
     if not cols:
-        raise SystemExit(f"{a.json}: no ablation has two of its variants here ({', '.join(l for _, vs in ABLATIONS for l, _ in vs)})")
+        known = sorted({label for _, variants in ABLATIONS for label, _ in variants})
+        raise SystemExit(f"{a.json}: no ablation has two of its variants here (labels: {', '.join(known)})")
     fig, axes = plt.subplots(len(psets), len(cols), figsize=(4.2 * len(cols), 3.8 * len(psets)), squeeze=False)
 
     def curve(ax, label, name, style, color=None):
