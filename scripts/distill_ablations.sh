@@ -15,7 +15,9 @@
 #     bash scripts/distill_ablations.sh OUT_DIR            (a GPU machine: about 7 minutes)
 #     DRY=1 bash scripts/distill_ablations.sh OUT_DIR      (seconds-long settings on any machine: checks the script)
 #     ROUND=strong D_STEPS=500 LR=3e-5 MIN_LR=3e-6 bash ...  (the five one-change students at session 17's recipe)
-#     ROUND=two S_STEPS=2 WS=1.5,2,2.5 LR=3e-5 MIN_LR=3e-6 MAX_MIN=1.6 bash ...  (2 steps: p 0.1 / 0 / 1, k 2 / 4)
+#     ROUND=two S_STEPS=2 WS=1.5,2,2.5 LR=3e-5 MIN_LR=3e-6 MAX_MIN=1.5 bash ...  (2 steps: p 0.1 / 0 / 1, k 2 / 4)
+# OUT_DIR gets each run's log.jsonl, config and eval JSONs; the students' weights stay in a temp dir and are deleted
+# (8.8M parameters each: a GPU machine returns too little to bring ten of them back; retrain one on a CPU to keep it).
 # Pool and plot: python scripts/compare_evals.py --ref ddim8@2=OUT/ddim8.s0.json,... --model base=OUT/base.s0.json,...
 set -u
 OUT=${1:?usage: distill_ablations.sh OUT_DIR}
