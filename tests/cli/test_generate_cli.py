@@ -143,7 +143,7 @@ def test_plot_ablations_draws_the_columns_it_has(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert png.stat().st_size > 0
-    src.write_text(json.dumps({"rows": [r for r in rows if r["model"] != "p0"]}))
+    src.write_text(json.dumps({"rows": [row for row in rows if row["model"] != "p0"]}))
     bad = subprocess.run([sys.executable, str(script), str(src), "--out", str(png)], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode != 0 and "no ablation" in bad.stderr
