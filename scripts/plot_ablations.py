@@ -51,7 +51,9 @@ def main() -> None:
         raise SystemExit(f"{a.json}: no ablation has two of its variants here (labels: {', '.join(known)})")
     fig, axes = plt.subplots(len(psets), len(cols), figsize=(4.2 * len(cols), 3.8 * len(psets)), squeeze=False)
 
-    def curve(ax, label, name, style, color=None):
+    seeds = max(len(r.get("seeds", [0])) for r in rows)  # seed sets pooled per point (compare_evals.py)
+
+    def curve(ax, pset, label, name, style, color=None):
         pts = sorted((r for r in rows if r["model"] == label and r["prompt_set"] == pset and r["fid_mean"] is not None),
                      key=lambda r: r["guidance"])
         if not pts:
@@ -65,12 +67,12 @@ def main() -> None:
     for row, pset in zip(axes, psets):
         for ax, (title, variants) in zip(row, cols):
             for label, name, ls in REFERENCE:
-                curve(ax, label, name, ls + "o", color="0.55")
+                curve(ax, pset, label, name, ls + "o", color="0.55")
             for label, name in variants:
-                curve(ax, label, name, "o-")
+                curve(ax, pset, label, name, "o-")
             ax.set_title(f"{title}: {pset}", fontsize=9)
-            ax.set_xlabel("compositional accuracy (%), 3 seed sets")
-            ax.set_ylabel("domain FID (mean of 3)")
+            ax.set_xlabel(f"compositional accuracy (%), {seeds} seed set(s)")
+            ax.set_ylabel(f"domain FID (mean of {seeds})")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     if a.title:
