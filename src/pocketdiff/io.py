@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.chmod(mode)  # a writer that recreates the file (safetensors' save_file does, as 0o600) loses the umask's mode
         _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -46,10 +48,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a new empty directory beside `path` (`{name}.tmp`, replacing one a crash left); on success give the files
-    written into it the mode `open(path, "w")` would and swap it in for `path` (an old directory there is removed
-    first, so a crash in between leaves no model rather than half of one); on any exception remove it and re-raise."""
+    written into it the mode `open(path, "w")` would, fsync them and the directories, and swap it in for `path` in one
+    atomic step (`publish_dir`), so that a kill at any point leaves the old or the new directory at `path`, never
+    none and never half of one; on any exception remove it and re-raise."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    recover_dir(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -59,11 +63,56 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             if f.is_file():
                 f.chmod(mode)
                 _fsync(f)
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.replace(path)
+        for d in [*(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
+            _fsync(d)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(new: str | Path, path: str | Path) -> None:
+    """Put directory `new` at `path` atomically and remove the old content; fsync the parent directory. Linux:
+    `renameat2(RENAME_EXCHANGE)` swaps the two in one step. Elsewhere the old directory is first renamed to
+    `{name}.old` and `recover_dir` (called by `atomic_dir` and the loaders) puts it back after a crash in between."""
+    new, path = Path(new), Path(path)
+    if path.exists() and _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old content
+    else:
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync(path.parent)
+
+
+def recover_dir(path: str | Path) -> None:
+    """Undo a crash between the two renames of `publish_dir`'s fallback: `{name}.old` left, nothing at `path`."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the OS or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    except (OSError, AttributeError):  # no renameat2 in this libc
+        return False
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that the new names and renames in it survive a power cut."""
+    _fsync(Path(path))
 
 
 def _fsync(path: Path) -> None:
@@ -134,4 +183,4 @@ def _json_default(o: Any):
     return str(o)
 
 
-__all__ = ["atomic_dir", "atomic_path", "write_json_atomic", "write_png_atomic", "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "fsync_dir", "publish_dir", "recover_dir", "write_json_atomic", "write_png_atomic", "write_text_atomic"]

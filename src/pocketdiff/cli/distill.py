@@ -40,7 +40,7 @@ def steps(
     w_range: tuple[float, float] = typer.Option(None, "--w-range", show_default=False,
                                                 help="W_MIN W_MAX: guidance range of the CFG loss (2 14)"),
     gamma: str = typer.Option(None, "--gamma", help="weight of L_ori: auto | a number"),
-    export: Path = typer.Option(None, "--export", help="where the student UNet goes [default: the config's export_dir]"),
+    export: Path = typer.Option(None, "--export", help="where the student UNet goes [default: RUN/export/unet_sN]"),
     config: Path = typer.Option(Path("configs/shapes/distill.yaml"), "--config", "-c"),
     preset: str = typer.Option(None, "--preset", help="named preset of the config (quick: a seconds-long smoke run)"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),

@@ -46,11 +46,26 @@ import yaml
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from pocketdiff.errors import DataError, WeightsError
-from pocketdiff.io import write_png_atomic, write_text_atomic
+from pocketdiff.errors import DataError, PocketDiffError, WeightsError
+from pocketdiff.io import fsync_dir, publish_dir, recover_dir, write_png_atomic, write_text_atomic
 from pocketdiff.training.config import TrainConfig
 
 CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD = "checkpoint", "ckpt.tmp", "checkpoint.old"
+LOCK = ".lock"
+
+
+class DivergedError(PocketDiffError):
+    """The loss (or the gradient norm, or a weight) became non-finite: the run stops without exporting."""
+
+
+class RunDirBusyError(PocketDiffError):
+    """Another trainer holds the run directory's lock."""
+
+
+def default_export_dir(run_dir: str | Path, export_dir: str | Path) -> Path:
+    """Where a run exports when the user names no export directory: RUN/export/NAME, NAME the last part of the
+    config's `export_dir` (e.g. runs/teacher/export/unet), so that no run replaces a shipped model by default."""
+    return Path(run_dir) / "export" / Path(export_dir).name
 
 
 class Stage(ABC):
@@ -155,10 +170,14 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer,
         rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    for f in tmp.iterdir():  # the data reaches the disk before the renames that publish it
+        fsync_dir(f)
+    fsync_dir(tmp)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -277,13 +296,69 @@ class _GracefulStop:
             signal.signal(sig, handler)
 
 
+class _RunDirLock:
+    """An exclusive lock on RUN/.lock (flock: the kernel drops it when the process dies, even by SIGKILL), so that a
+    second trainer on the same run directory refuses at once instead of mixing checkpoints and logs."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.file = run_dir, None
+
+    def __enter__(self) -> _RunDirLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self.file = open(self.run_dir / LOCK, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise RunDirBusyError(f"{self.run_dir} is in use by another trainer (pid {holder}): wait for it to "
+                                  "finish, or give this run another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the descriptor releases the lock
+
+
+def _all_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in [*module.parameters(), *module.buffers()] if t.is_floating_point())
+
+
+def _diverged(run_dir: Path, step: int, what: str, lr: float) -> DivergedError:
+    ckpt = find_checkpoint(run_dir)
+    last = "no checkpoint was written yet"
+    if ckpt is not None:
+        last = f"the last good checkpoint is {ckpt} (step {json.loads((ckpt / 'state.json').read_text())['step']})"
+    return DivergedError(f"training diverged at step {step}: {what}. Stopped; nothing was exported and no "
+                         f"non-finite weights were saved; {last}. Lower the learning rate (lr was {lr:.3g} at this "
+                         "step: --set lr=...) and --resume, or start again with a new --out")
+
+
 def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Train `stage` per `cfg`; checkpoints and log.jsonl go to `out_dir` (default `cfg.run_dir`), the exported
-    component to `cfg.export_dir`. Returns a summary dict (also written to `out_dir/summary.json`)."""
-    from tqdm.auto import tqdm
-
+    component to `cfg.export_dir`. Returns a summary dict (also written to `out_dir/summary.json`).
+    The run directory is locked for the run (a second trainer on it gets `RunDirBusyError`); a non-finite loss,
+    gradient norm or weight stops the run with `DivergedError` (nothing exported)."""
     run_dir = Path(out_dir) if out_dir is not None else cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    recover_dir(Path(cfg.export_dir))  # a crash inside publish_dir's fallback (non-Linux) left NAME.old
+    if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process holds the lock
+        return _train(stage, cfg, run_dir, resume)
+    with _RunDirLock(run_dir):
+        return _train(stage, cfg, run_dir, resume)
+
+
+def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
+    from tqdm.auto import tqdm
+
     torch.set_num_threads(cfg.num_threads or _cpu_count())
     accelerator = _make_accelerator(cfg.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
@@ -322,6 +397,8 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
         log = _JsonLog(run_dir / "log.jsonl", step if ckpt is not None else None, main)
 
         def checkpoint() -> None:
+            if not _all_finite(accelerator.unwrap_model(model)) or (ema is not None and not _all_finite(ema.model)):
+                raise _diverged(run_dir, step, "a weight is non-finite", lr_at(max(step - 1, 0), cfg))
             if main:
                 state = {"step": step, "elapsed_s": elapsed, "numpy_rng": rng.bit_generator.state,
                          "stage": stage.name, "config": cfg.to_dict()}
@@ -359,12 +436,16 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
                     batch = _to_device(stage.get_batch(rng), device)
                     with accelerator.autocast():
                         loss, logs = stage.compute_loss(model, frozen, batch)
+                    if not torch.isfinite(loss.detach()).all():
+                        raise _diverged(run_dir, step + 1, f"the loss is {loss.item()}", lr)
                     accelerator.backward(loss / cfg.grad_accum_steps)
                     for k, v in {"loss": loss.item(), **logs}.items():
                         sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum_steps
                 if cfg.grad_clip is not None:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                    if not math.isfinite(grad_norm):
+                        raise _diverged(run_dir, step + 1, f"the gradient norm is {grad_norm}", lr)
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -411,6 +492,8 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
     summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
                "export_dir": str(cfg.export_dir), "run_dir": str(run_dir), **metrics}
     if main:
+        if not _all_finite(export_model):  # never export non-finite weights
+            raise _diverged(run_dir, step, "a weight to export is non-finite", lr_at(max(step - 1, 0), cfg))
         export_model.eval()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             stage.export(export_model, frozen, Path(cfg.export_dir))
@@ -441,5 +524,5 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
     return out
 
 
-__all__ = ["EMA", "Stage", "find_checkpoint", "load_checkpoint", "lr_at", "make_grid",
+__all__ = ["EMA", "DivergedError", "RunDirBusyError", "Stage", "default_export_dir", "find_checkpoint", "load_checkpoint", "lr_at", "make_grid",
            "random_batch", "save_checkpoint", "train"]

@@ -158,6 +158,9 @@ class CLIPStage(Stage):
         return evaluate_clip(self.tokenizer, models["text_encoder"], models["clip_image"], n=self.opts.eval_candidates)
 
     def export(self, models, frozen, export_dir: Path) -> None:
-        models["text_encoder"].save_pretrained(str(export_dir))
+        from pocketdiff.io import atomic_dir
+
         image_dir = Path(self.opts.image_export_dir or export_dir.parent / "clip_image")
-        models["clip_image"].save_pretrained(str(image_dir))
+        for module, target in ((models["text_encoder"], export_dir), (models["clip_image"], image_dir)):
+            with atomic_dir(target) as tmp:
+                module.save_pretrained(str(tmp))

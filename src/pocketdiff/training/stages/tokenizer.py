@@ -52,4 +52,7 @@ class TokenizerStage(Stage):
         return {"vocab_size": len(self.tokenizer), "context_length": self.tokenizer.model_max_length}
 
     def export(self, models, frozen, export_dir: Path) -> None:
-        self.tokenizer.save_pretrained(str(export_dir))
+        from pocketdiff.io import atomic_dir
+
+        with atomic_dir(export_dir) as tmp:
+            self.tokenizer.save_pretrained(str(tmp))

@@ -206,4 +206,7 @@ class VAEStage(Stage):
         vae = models["vae"]
         std = self.measure_latent_std(vae)
         vae.register_to_config(scaling_factor=self.opts.latent_std / std)
-        vae.save_pretrained(str(export_dir))
+        from pocketdiff.io import atomic_dir
+
+        with atomic_dir(export_dir) as tmp:  # readers (and a kill) never see half a model
+            vae.save_pretrained(str(tmp))
