@@ -2,7 +2,7 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/shapes_decoders.py --vae original=models/shapes/vae \
         --vae pruned=models/shapes/vae_pruned --vae tiny=models/shapes/vae_tiny --steps 50 --guidance 2 \
-        [--limit N] [--json docs/results/shapes_decoders.json]
+        [--limit N] [--json docs/results/decoder/shapes_decoders.json]
 
 The teacher pipeline generates latents once for both held-out prompt sets (fixed seeds, DDIM, `decode=False`); every
 decoder decodes those latents. Reported per decoder: PSNR against the first decoder's images (the original), the

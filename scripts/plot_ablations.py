@@ -1,7 +1,7 @@
 """Issue #5's distillation ablations as one figure: a column per ablation, a row per held-out set, FID against
 compositional accuracy over w for each variant, with the teacher's 8-step samplers in grey for reference.
 
-    python scripts/plot_ablations.py docs/results/ablations_s19/gentle_vs_base.json --out gentle_ablations.png
+    python scripts/plot_ablations.py docs/results/distillation/ablations/gentle_vs_base.json --out gentle_ablations.png
 
 Reads the pooled rows that `scripts/compare_evals.py --json` writes; the labels are those of
 `scripts/distill_ablations.sh` (base, p0, p1, w2to6, t16, chain, prog, ddim8, dpmpp8). A variant missing from the

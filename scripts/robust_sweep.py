@@ -1,6 +1,6 @@
 """The small sweep behind robust training's default drop probability (SnapFusion gives no value).
 
-    python scripts/robust_sweep.py --p 0 0.1 0.25 --steps 200 --json docs/results/robust_sweep.json
+    python scripts/robust_sweep.py --p 0 0.1 0.25 --steps 200 --json docs/results/evolving/robust_sweep.json
         [--teacher models/shapes] [--config configs/shapes/student.yaml] [--reuse 0.1=runs/robust/unet]
 
 For each p: the student stage trains a copy of the teacher for --steps steps with p_drop_tf = p and
