@@ -36,7 +36,7 @@ step train_teacher 120 "${PD[@]}" train teacher --config configs/shapes/teacher.
   --set max_steps=$T_STEPS --set eval_every=$T_STEPS --set sample_every=$T_STEPS --set checkpoint_every=100 \
   --set export_dir="$WORK/teacher_unet" --json "$OUT/train_teacher.json"
 # 2. CFG-aware step distillation (teacher 32 DDIM steps -> student 8), from the shipped student
-step distill 90 "${PD[@]}" distill steps --teacher models/shapes --student models/shapes/unet_s8 --teacher-steps 32 \
+step distill 90 "${PD[@]}" train distill --teacher models/shapes --student models/shapes/unet_s8 --teacher-steps 32 \
   --student-steps 8 --out "$WORK/distill" --export "$WORK/unet_s8" --set max_steps=$D_STEPS \
   --set eval_every=$D_STEPS --set sample_every=$D_STEPS --json "$OUT/distill.json"
 # 3. sampling + judging on the GPU: the shipped student, 8 DDIM steps, w 2, seed 0 (compare: the CPU's numbers)

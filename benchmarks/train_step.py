@@ -30,7 +30,7 @@ import torch
 
 from pocketdiff.io import write_json_atomic
 from pocketdiff.profiling.latency import machine_info
-from pocketdiff.training.config import load_config
+from pocketdiff.training.run import load_config
 from pocketdiff.training.stages.teacher import TeacherStage
 
 

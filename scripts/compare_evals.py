@@ -93,7 +93,7 @@ def main() -> None:
     if a.json:
         write_json_atomic(a.json, {"ref": a.ref, "models": a.model, "rows": rows})
     if a.plot:
-        from pocketdiff.cli.sweep import plot_sweep
+        from pocketdiff.evaluation.sweep import plot_sweep
 
         curves = {}
         for r in rows:

@@ -37,7 +37,7 @@ note() { echo "$(date +%T) $*" | tee -a "$OUT/log.txt"; }
 distil() {  # distil NAME TEACHER_STEPS STUDENT_STEPS args...: one run of the shipped recipe -> WORK/NAME/unet
   local name=$1 ts=$2 ss=$3; shift 3
   local t0=$SECONDS
-  timeout $((CAP * 60 + 60)) "${PD[@]}" distill steps --teacher models/shapes --teacher-steps "$ts" --student-steps "$ss" \
+  timeout $((CAP * 60 + 60)) "${PD[@]}" train distill --teacher models/shapes --teacher-steps "$ts" --student-steps "$ss" \
     --out "$WORK/run_$name" --export "$WORK/$name/unet" --set max_steps=$D_STEPS --set max_minutes=${MAX_MIN:-$CAP} \
     --set batch_size=$BATCH --set lr=${LR:-1e-5} --set min_lr=${MIN_LR:-1e-6} --set warmup_steps=20 \
     --set options.two_object_fraction=0.8 \

@@ -52,7 +52,7 @@ judge() {  # judge NAME STEPS GUIDANCES eval-args...: held-out accuracy, FID, CL
 student() {  # student NAME K --set ...: distil the shipped teacher at 8K steps to 8 steps, then judge
   local name=$1 k=$2; shift 2
   local t0=$SECONDS
-  timeout $("$PY" -c "print(int($CAP * 60 + 60))") "${PD[@]}" distill steps --teacher models/shapes \
+  timeout $("$PY" -c "print(int($CAP * 60 + 60))") "${PD[@]}" train distill --teacher models/shapes \
     --student models/shapes/unet --teacher-steps $((k * S_STEPS)) --student-steps $S_STEPS --out "$WORK/run_$name" \
     --export "$WORK/$name/unet_s8" --set max_steps=$D_STEPS --set max_minutes=$CAP --set batch_size=$D_BATCH \
     --set lr=3e-5 --set min_lr=3e-6 --set eval_every=0 --set sample_every=0 --set checkpoint_every=1000000 \

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from pocketdiff.arch import FlexUNet
-from pocketdiff.cli.train import run_stage
+from pocketdiff.training.run import run_stage
 from pocketdiff.evolving.actions import evolvable
 from pocketdiff.evolving.search import QualityProbe
 from pocketdiff.io import write_json_atomic

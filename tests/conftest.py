@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def quick_model_dir(tmp_path_factory):
     """A complete (untrained, seconds-to-build) shapes-world model directory: every stage's `--preset quick`."""
-    from pocketdiff.cli.train import run_stage
+    from pocketdiff.training.run import run_stage
 
     root = tmp_path_factory.mktemp("quick_model")
     run_stage("tokenizer", preset="quick", out=root / "runs/tokenizer", overrides={"export_dir": str(root / "tokenizer")})

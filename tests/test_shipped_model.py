@@ -28,7 +28,7 @@ def test_shipped_pipeline_generates_deterministically():
 
 
 def test_demo_rows_name_shipped_components_and_one_default():
-    from pocketdiff.cli.generate import default_variant, demo_variants
+    from pocketdiff.evaluation.demo import default_variant, demo_variants
 
     rows = demo_variants(MODEL)
     for r in rows:

@@ -14,6 +14,10 @@ class SpecError(PocketDiffError, ValueError):
     """An ArchSpec (or another config) failed validation; the message names the field."""
 
 
+class ConfigError(SpecError):
+    """A config file or override that fails validation; the message names the field."""
+
+
 class WeightsError(PocketDiffError, ValueError):
     """Weights that do not fit the model, or a file that is not valid safetensors."""
 

@@ -8,11 +8,11 @@ import torch
 def test_sd15_full_size_matches_diffusers():
     from diffusers import UNet2DConditionModel
 
-    from pocketdiff.arch import FlexUNet, get_spec
+    from pocketdiff.arch import flexunet_from_diffusers, get_spec
 
     torch.manual_seed(0)
     ref = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8).eval()  # diffusers' defaults = SD-1.x
-    ours = FlexUNet.from_diffusers(ref).eval()
+    ours = flexunet_from_diffusers(ref).eval()
     assert sum(p.numel() for p in ours.parameters()) == 859_520_964
     assert ours.spec.counts() == get_spec("sd15").counts()
     g = torch.Generator().manual_seed(1)

@@ -1,12 +1,12 @@
 import torch
 
-from pocketdiff.arch import FlexUNet, create, get_spec
+from pocketdiff.arch import create, get_spec, init_from_teacher
 
 
 def test_student_keeps_teacher_blocks_bk_sdm_style():
     kw = dict(width=0.1, sample_size=16, cross_attention_dim=24)
     teacher = create("sd15", **kw)
-    student, rep = FlexUNet.from_teacher(teacher, get_spec("snapfusion", **kw), report=True)
+    student, rep = init_from_teacher(teacher, get_spec("snapfusion", **kw))
     copied = dict(rep.copied)
     # Down-1 keeps its two ResNets (indices 0, 2 in the teacher) and drops both transformers.
     assert copied[("down", 0, 0)] == ("down", 0, 0) and copied[("down", 0, 1)] == ("down", 0, 2)
@@ -22,7 +22,7 @@ def test_student_keeps_teacher_blocks_bk_sdm_style():
 def test_identical_spec_copies_everything():
     kw = dict(width=0.1, sample_size=16, cross_attention_dim=24)
     teacher = create("sd15", **kw).eval()
-    student, rep = FlexUNet.from_teacher(teacher, teacher.spec, report=True)
+    student, rep = init_from_teacher(teacher, teacher.spec)
     assert not rep.new and not rep.dropped and not rep.duplicated
     x, c = torch.randn(1, 4, 16, 16), torch.randn(1, 5, 24)
     with torch.no_grad():

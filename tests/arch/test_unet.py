@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from pocketdiff.arch import ArchSpec, FlexUNet, create, get_spec, list_presets
+from pocketdiff.arch import ArchSpec, FlexUNet, create, flexunet_from_diffusers, get_spec, list_presets
 from pocketdiff.errors import ModelDirError, SpecError, UnknownPresetError, WeightsError
 
 
@@ -26,7 +26,7 @@ def inputs(batch=2, size=16, ctx=24, seed=1):
 
 def test_from_diffusers_is_exact_and_strict():
     ref = small_sd_diffusers()
-    ours = FlexUNet.from_diffusers(ref).eval()
+    ours = flexunet_from_diffusers(ref).eval()
     x, t, c = inputs()
     with torch.no_grad():
         a = ref(x, t, c).sample
@@ -37,7 +37,7 @@ def test_from_diffusers_is_exact_and_strict():
 
 def test_from_diffusers_directory(tmp_path):
     small_sd_diffusers().save_pretrained(tmp_path / "unet")
-    ours = FlexUNet.from_diffusers(tmp_path)  # a pipeline directory with unet/ works too
+    ours = flexunet_from_diffusers(tmp_path)  # a pipeline directory with unet/ works too
     assert ours.spec.counts()["resnets"] == 22
 
 
@@ -152,4 +152,4 @@ def test_not_a_model_dir(tmp_path):
         FlexUNet.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(ModelDirError, match="AutoencoderKL"):
-        FlexUNet.from_diffusers(tmp_path)
+        flexunet_from_diffusers(tmp_path)

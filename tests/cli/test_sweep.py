@@ -30,7 +30,8 @@ def test_sweep_writes_json_and_png(quick_model_dir, tmp_path):
 
 
 def test_model_specs_and_per_model_counts(tmp_path):
-    from pocketdiff.cli.sweep import _per_model, parse_model, table_rows
+    from pocketdiff.cli.sweep import _per_model, parse_model
+    from pocketdiff.evaluation.sweep import table_rows
 
     (tmp_path / "unet_s8").mkdir()
     assert parse_model(str(tmp_path)) == (tmp_path, None)

@@ -18,7 +18,7 @@ from pocketdiff.pruning.decoder import (SD15_VAE_CONFIG, PruningError, SlimAutoe
                                         decoder_widths, load_vae_dir, param_count, prune_decoder, save_vae,
                                         vae_class)
 from pocketdiff.pruning.tiny_decoder import TinyDecoder
-from pocketdiff.training.stages.vae import build_vae
+from pocketdiff.models import build_vae
 
 pytest.importorskip("torch_pruning")
 

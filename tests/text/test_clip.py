@@ -51,7 +51,7 @@ def test_image_tower_and_loss():
 
 
 def test_clip_stage_quick_exports_loadable_model(tmp_path):
-    from pocketdiff.cli.train import run_stage
+    from pocketdiff.training.run import run_stage
 
     cfgs = ROOT / "configs" / "shapes"
     run_stage("tokenizer", cfgs / "tokenizer.yaml", "quick", out=tmp_path / "r_tok",

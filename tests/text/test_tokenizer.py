@@ -70,7 +70,7 @@ def test_words_from_captions():
 
 
 def test_tokenizer_stage(tmp_path):
-    from pocketdiff.cli.train import run_stage
+    from pocketdiff.training.run import run_stage
 
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     summary = run_stage("tokenizer", root / "configs/shapes/tokenizer.yaml", "quick", out=tmp_path / "run",

@@ -12,7 +12,7 @@ import torch
 from pocketdiff.errors import DataError
 from pocketdiff.pruning.decoder import SlimAutoencoderKL, decoder_widths, load_vae_dir
 from pocketdiff.pruning.tiny_decoder import TinyDecoder
-from pocketdiff.training.stages.vae import build_vae
+from pocketdiff.models import build_vae
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/shapes/decoder.yaml"
@@ -51,7 +51,7 @@ def test_decoder_stage_quick_cli(quick_model_dir, tmp_path):
 
 
 def test_decoder_stage_pruned_encoder_latents(quick_model_dir, tmp_path):
-    from pocketdiff.cli.train import run_stage
+    from pocketdiff.training.run import run_stage
 
     torch.manual_seed(0)
     build_vae((16, 16, 32), norm_num_groups=8).save_pretrained(str(tmp_path / "teacher"))  # prunable: 2-4 ch/group
@@ -72,7 +72,7 @@ def test_decoder_stage_pruned_encoder_latents(quick_model_dir, tmp_path):
 
 
 def test_pipeline_latents_are_cached_once_and_reused(quick_model_dir, tmp_path):
-    from pocketdiff.training.config import load_config
+    from pocketdiff.training.run import load_config
     from pocketdiff.training.stages.decoder import DecoderStage
 
     overrides = {"options": {"model_dir": str(quick_model_dir), "latent_cache": str(tmp_path / "cache")}}
@@ -97,7 +97,7 @@ def test_pipeline_latents_are_cached_once_and_reused(quick_model_dir, tmp_path):
 def test_pipeline_latents_come_from_the_unet_option(quick_model_dir, tmp_path):
     """options.unet (e.g. the 8-step student) makes the bank instead of model_dir/unet, under its own cache key."""
     from pocketdiff.arch.unet import FlexUNet
-    from pocketdiff.training.config import load_config
+    from pocketdiff.training.run import load_config
     from pocketdiff.training.stages.decoder import DecoderStage
 
     unet = FlexUNet.from_pretrained(quick_model_dir / "unet")
@@ -132,7 +132,7 @@ def test_edge_loss_weighs_outlines_not_flat_offsets():
 @pytest.mark.parametrize("bad", [{"edge_weight": -1}, {"sampling_steps": 0}, {"sampling_steps": []},
                                  {"sampling_steps": [8, 0]}])
 def test_decoder_stage_rejects_bad_options(quick_model_dir, tmp_path, bad):
-    from pocketdiff.cli.train import run_stage
+    from pocketdiff.training.run import run_stage
 
     with pytest.raises(DataError, match=next(iter(bad))):
         run_stage("decoder", CONFIG, "quick", tmp_path / "run", overrides={

@@ -120,7 +120,7 @@ def test_target_makes_the_students_ddim_step_land_on_the_teachers_point():
 
 
 def test_ddim_step_with_the_true_v_is_the_exact_q_sample():
-    from pocketdiff.training.stages.teacher import noise_schedule
+    from pocketdiff.diffusion import noise_schedule
 
     sched = noise_schedule(SimpleNamespace(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                                            prediction_type="v_prediction"))
@@ -157,7 +157,7 @@ def test_auto_gamma_matches_magnitudes_without_gradient():
 
 
 def test_distillation_grid_halves_the_teachers_ddim_grid():
-    from pocketdiff.training.stages.teacher import noise_schedule
+    from pocketdiff.diffusion import noise_schedule
 
     cfg = dict(noise_schedule(SimpleNamespace(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                                               prediction_type="v_prediction")).config)

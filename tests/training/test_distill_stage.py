@@ -1,4 +1,4 @@
-"""Stage `distill` and `pocketdiff distill steps` on the tiny untrained shapes model (seconds)."""
+"""Stage `distill` and `pocketdiff train distill` on the tiny untrained shapes model (seconds)."""
 
 import json
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pocketdiff.training.config import ConfigError, load_config
+from pocketdiff.training.config import ConfigError
+from pocketdiff.training.run import load_config
 from pocketdiff.training.stages.distill import DistillStage
 
 
@@ -22,7 +23,7 @@ def test_cli_quick_run_exports_a_loadable_student(quick_model_dir, tmp_path):
 
     run, export = tmp_path / "run", tmp_path / "unet_s2"
     r = CliRunner().invoke(build_app(), [
-        "distill", "steps", "--teacher", str(quick_model_dir), "--student-steps", "2", "--p", "0.5",
+        "train", "distill", "--teacher", str(quick_model_dir), "--student-steps", "2", "--p", "0.5",
         "--w-range", "2", "4", "--gamma", "0.2", "--preset", "quick", "--out", str(run), "--export", str(export)])
     assert r.exit_code == 0, r.output + repr(r.exception)
     cfg = (run / "config.yaml").read_text()
@@ -91,6 +92,6 @@ def test_options_are_checked():
 def test_cli_without_a_trained_teacher_says_so(tmp_path):
     from pocketdiff.cli import build_app
 
-    r = CliRunner().invoke(build_app(), ["distill", "steps", "--teacher", str(tmp_path), "--preset", "quick",
+    r = CliRunner().invoke(build_app(), ["train", "distill", "--teacher", str(tmp_path), "--preset", "quick",
                                          "--out", str(tmp_path / "run")])
     assert isinstance(r.exception, ConfigError) and "scheduler" in str(r.exception)

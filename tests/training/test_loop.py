@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from pocketdiff.errors import PocketDiffError, UnknownPresetError
-from pocketdiff.training.config import ConfigError, TrainConfig, config_from_dict, load_config, parse_set
+from pocketdiff.training.config import ConfigError, TrainConfig, config_from_dict, parse_set
+from pocketdiff.training.run import load_config
 from pocketdiff.training.loop import Stage, find_checkpoint, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +208,8 @@ def test_presets_and_overrides():
 def test_cli_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from pocketdiff.cli.train import app, run_stage
+    from pocketdiff.cli.train import app
+    from pocketdiff.training.run import run_stage
     from pocketdiff.training.stages import STAGES, get_stage
 
     assert {"tokenizer", "clip", "vae"} <= set(STAGES)

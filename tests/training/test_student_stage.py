@@ -8,7 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pocketdiff.training.config import ConfigError, load_config
+from pocketdiff.training.config import ConfigError
+from pocketdiff.training.run import load_config
 from pocketdiff.training.stages.student import StudentStage, sample_dropped
 
 

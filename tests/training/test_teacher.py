@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from pocketdiff.training.config import load_config
+from pocketdiff.training.run import load_config
 from pocketdiff.training.stages.teacher import TeacherStage
 
 
@@ -62,7 +62,7 @@ def test_warm_start_from_a_saved_unet(quick_model_dir):
 def test_timestep_densities():
     import numpy as np
 
-    from pocketdiff.training.stages.teacher import sample_timesteps
+    from pocketdiff.diffusion import sample_timesteps
 
     uniform = sample_timesteps(np.random.default_rng(0), 20000, 1000)
     shifted = sample_timesteps(np.random.default_rng(0), 20000, 1000, "logit_normal", 0.5, 1.0)
@@ -78,7 +78,7 @@ def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error():
     """Hang et al. 2023 weight the x0-MSE by min(SNR, gamma); on a v (or eps) target our weight must give just that."""
     from diffusers import DDPMScheduler
 
-    from pocketdiff.training.stages.teacher import min_snr_weight
+    from pocketdiff.diffusion import min_snr_weight
 
     sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     g = torch.Generator().manual_seed(0)

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from pocketdiff.cli.train import run_stage
+from pocketdiff.training.run import run_stage
 from pocketdiff.data.shapes import caption, render, sample_scene
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from pocketdiff.training.stages.vae import build_vae, evaluate_vae, heldout_images, load_vae, psnr
+from pocketdiff.data.shapes import heldout_images
+from pocketdiff.evaluation.reconstruction import evaluate_vae, psnr
+from pocketdiff.models import build_vae, load_vae
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "shapes" / "vae"
@@ -59,7 +61,7 @@ def test_vae_stage_quick_cli(tmp_path):
 
 def test_kl_weight_is_relative_to_summed_reconstruction():
     """SD's convention: loss = sum_pixels(recon) + w * sum_latent(KL), here divided by the pixel count."""
-    from pocketdiff.training.config import load_config
+    from pocketdiff.training.run import load_config
     from pocketdiff.training.stages.vae import VAEStage
 
     cfg = load_config(ROOT / "configs/shapes/vae.yaml", preset="quick")

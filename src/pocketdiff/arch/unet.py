@@ -213,19 +213,6 @@ class FlexUNet(ModelMixin, ConfigMixin):
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         load_state_dict_strict(self, state_dict)
 
-    @classmethod
-    def from_diffusers(cls, unet_or_path) -> "FlexUNet":
-        from .convert import flexunet_from_diffusers
-
-        return flexunet_from_diffusers(unet_or_path)
-
-    @classmethod
-    def from_teacher(cls, teacher: "FlexUNet", spec: ArchSpec, report: bool = False):
-        from .convert import init_from_teacher
-
-        student, rep = init_from_teacher(teacher, spec)
-        return (student, rep) if report else student
-
 
 def check_model_dir(path: Path, class_name: str) -> dict:
     """Raise `ModelDirError` unless `path` holds a config for `class_name` and readable safetensors weights."""

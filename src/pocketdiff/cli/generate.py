@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from pocketdiff.errors import DataError
-from pocketdiff.io import write_json_atomic, write_png_atomic, write_text_atomic
+from pocketdiff.io import write_json_atomic, write_png_atomic
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = Path(os.environ.get("POCKETDIFF_MODEL", REPO / "models" / "shapes"))
@@ -72,6 +72,8 @@ def generate(
         prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise DataError('give a prompt ("a red circle left of a blue square") or --prompts-file FILE')
+    from pocketdiff.evaluation.demo import default_variant
+
     # without --unet, the model's default row in demo.json (shipped: the 8-step student) fills the unset options
     default = default_variant(model) if unet is None else {}
     unet, vae = unet or default.get("unet"), vae or default.get("vae")
@@ -88,19 +90,6 @@ def generate(
                f"text encoder {t.text_encoder:.0f} ms, UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), "
                f"decoder {t.decoder:.0f} ms")
 
-
-def _parse_floats(values: list[str]) -> list[float]:
-    """'1,2,3' or '1.0:10.5:0.5' (start:stop:step, inclusive) or repeated options."""
-    out = []
-    for v in values:
-        for part in v.split(","):
-            if ":" in part:
-                a, b, s = (float(x) for x in part.split(":"))
-                n = int(round((b - a) / s))
-                out += [round(a + i * s, 6) for i in range(n + 1)]
-            elif part:
-                out.append(float(part))
-    return out
 
 
 def eval_cmd(
@@ -124,11 +113,12 @@ def eval_cmd(
     from rich.table import Table
 
     from pocketdiff.evaluation.suite import evaluate_pipeline
+    from pocketdiff.evaluation.sweep import parse_floats
 
     pipe = _pipe(model, unet, vae, scheduler, threads, device)
     results = []
     for pset in prompts:
-        for g in _parse_floats(guidance):
+        for g in parse_floats(guidance):
             sub = None if save_images is None else save_images / f"{Path(pset).stem}_w{g:g}"
             r = evaluate_pipeline(pipe, pset, steps, g, scheduler, seed, limit, clip_model_dir=model, save_images=sub)
             results.append(r.as_dict())
@@ -159,34 +149,16 @@ def demo(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """The README's main job: the shipped model on held-out prompts, judged, timed, reported."""
+    import torch
     from rich.console import Console
     from rich.table import Table
 
-    from pocketdiff.evaluation.suite import evaluate_pipeline
-    from pocketdiff.training.loop import make_grid
+    from pocketdiff.evaluation.demo import run_demo
 
     t_start = time.perf_counter()
-    rows = []
-    for variant in demo_variants(model):
-        pipe = _pipe(model, variant.get("unet"), variant.get("vae"), variant["scheduler"], threads, device)
-        pipe(["a red circle"], num_inference_steps=2, guidance_scale=variant["guidance"])  # warm-up
-        parts = []
-        for pset in ("heldout-single", "heldout-two"):
-            sub = out / variant["name"] / pset
-            parts.append(evaluate_pipeline(pipe, pset, variant["steps"], variant["guidance"], variant["scheduler"],
-                                           limit=n, save_images=sub, progress=False))
-        acc = sum(p.accuracy * p.n for p in parts) / sum(p.n for p in parts)
-        lat = {k: sum(p.latency_ms[k] * p.n for p in parts) / sum(p.n for p in parts) for k in parts[0].latency_ms}
-        rows.append({"name": variant["name"], "steps": variant["steps"], "guidance": variant["guidance"],
-                     "accuracy": acc, "accuracy_single": parts[0].accuracy, "accuracy_two": parts[1].accuracy,
-                     "fid": parts[0].fid, "n": sum(p.n for p in parts), "latency_ms": lat})
-        for p in parts:
-            from PIL import Image
-            import numpy as np
-
-            ims = [np.asarray(Image.open(out / variant["name"] / p.prompt_set / f"{i:05d}.png")) for i in range(p.n)]
-            write_png_atomic(out / f"{variant['name']}_{p.prompt_set}.png", make_grid(np.stack(ims), cols=8))
-
+    if threads:
+        torch.set_num_threads(threads)
+    rows = run_demo(model, n, out, device=_device(device))
     table = Table(title="pocketdiff demo: held-out prompts, per image, this machine")
     for col in ("model", "steps", "w", "accuracy (1 obj / 2 obj)", "FID (1 obj)", "text enc ms", "UNet ms",
                 "decoder ms", "total ms"):
@@ -198,50 +170,9 @@ def demo(
                       "-" if r["fid"] is None else f"{r['fid']:.1f}", f"{lat['text_encoder']:.1f}",
                       f"{lat['unet_total']:.0f}", f"{lat['decoder']:.1f}", f"{lat['total']:.0f}")
     Console().print(table)
-    write_report(out, rows, n)
     typer.echo(f"report: {out / 'report.md'}  ({time.perf_counter() - t_start:.0f} s)")
     if json_path:
         write_json_atomic(json_path, {"models": rows, "n_per_set": n})
-
-
-def demo_variants(model: Path) -> list[dict]:
-    """The rows of the demo table, from `MODEL/demo.json` (each stage that ships a model adds its row there: name,
-    steps, guidance, scheduler, and optionally unet/vae subdirectories); without it, the teacher at 50 DDIM steps."""
-    import json
-
-    index = model / "demo.json"
-    if not index.is_file():
-        return [{"name": "teacher", "steps": 50, "guidance": 3.0, "scheduler": "ddim"}]
-    rows = []
-    for r in json.loads(index.read_text()):
-        r = {"scheduler": "ddim", **r}
-        for k in ("unet", "vae"):
-            if r.get(k):
-                r[k] = model / r[k]
-        rows.append(r)
-    return rows
-
-
-def default_variant(model: Path) -> dict:
-    """The demo.json row marked `"default": true` (what `pocketdiff generate` runs when no --unet is given), or {}."""
-    return next((r for r in demo_variants(model) if r.get("default")), {})
-
-
-def write_report(out: Path, rows: list[dict], n: int) -> None:
-    lines = ["# pocketdiff demo", "", f"{n} held-out single-object and {n} two-object prompts (never seen in "
-             "training), fixed seeds; judged by the rule-based judge. Latency per image on this machine.", "",
-             "| model | steps | guidance | accuracy 1 obj | accuracy 2 obj | text encoder ms | UNet ms | decoder ms | total ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lat = r["latency_ms"]
-        lines.append(f"| {r['name']} | {r['steps']} | {r['guidance']:g} | {100 * r['accuracy_single']:.0f}% | "
-                     f"{100 * r['accuracy_two']:.0f}% | {lat['text_encoder']:.1f} | {lat['unet_total']:.0f} | "
-                     f"{lat['decoder']:.1f} | {lat['total']:.0f} |")
-    for r in rows:
-        for pset in ("heldout-single", "heldout-two"):
-            lines += ["", f"## {r['name']}: {pset}", "", f"![{r['name']} {pset}]({r['name']}_{pset}.png)",
-                      "", f"Prompts and seeds: `{r['name']}/{pset}/index.json`."]
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,12 @@
 
     pocketdiff train vae --config configs/shapes/vae.yaml [--preset quick] [--out DIR] [--resume] [--json PATH]
                          [--set max_steps=100 --set options.kl_weight=1e-5]
+    pocketdiff train distill --teacher models/shapes --teacher-steps 32 --student-steps 16 [--student DIR|ARCH]
+        [--teacher-unet DIR] [--p 0.1] [--w-range 2 14] [--gamma auto|0.2] [--export DIR]   (+ the options above)
+    pocketdiff train student --teacher models/shapes --arch mobilediffusion [--p-drop-tf 0.1] [--p-drop-res 0.05]
+
+`distill` and `student` map their flags onto the stage's config options (a flag left out keeps the config's value;
+`--set options.K=V` reaches every option).
 
 Checkpoints and log.jsonl go to --out (default: the config's out_dir, else runs/<stage>/); the final component to
 --export if given, else inside the run directory (RUN/export/NAME, NAME the last part of the config's export_dir):
@@ -18,48 +24,19 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # noqa: E402  (must precede the torch import below)
 
-import json
 from pathlib import Path
 
 import typer
 
-from pocketdiff.io import write_text_atomic
-from pocketdiff.training.config import ConfigError, load_config, parse_set
-from pocketdiff.training.loop import default_export_dir, train
-from pocketdiff.training.stages import STAGES, get_stage
+from pocketdiff.errors import DataError
+from pocketdiff.training.config import parse_set
+from pocketdiff.training.run import run_stage
+from pocketdiff.training.stages import STAGES
 
 app = typer.Typer(help="Train one pipeline component (checkpoints and the export in the run directory; "
                   "--export PATH to publish elsewhere).",
                   no_args_is_help=True)
 
-
-def run_stage(
-    name: str,
-    config: str | Path | None = None,
-    preset: str | None = None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    json_path: str | Path | None = None,
-    overrides: dict | None = None,
-) -> dict:
-    """Load `config` (default configs/shapes/NAME.yaml), train stage `name`, return (and optionally write) the summary.
-
-    The export goes inside the run directory (`default_export_dir`) unless `overrides` name an `export_dir` (the
-    CLI's `--export PATH` / `--set export_dir=PATH`): a config's `export_dir` (the shipped configs name the shipped
-    model) only names the component, so no run replaces a shipped model unless the user asks for it."""
-    stage_cls = get_stage(name)
-    config = Path(config) if config is not None else Path(f"configs/shapes/{name}.yaml")
-    cfg = load_config(config, preset, overrides)  # validates options against the stage the file names
-    if cfg.stage != name:
-        raise ConfigError(f"{config}: stage: {cfg.stage!r}, but this command trains {name!r}")
-    stage = stage_cls(cfg)  # a stage may fill in its export_dir (distill: "{teacher_dir}/unet_s{student_steps}")
-    run_dir = Path(out) if out is not None else cfg.run_dir
-    if "export_dir" not in (overrides or {}):  # never over a shipped model unless the user names it (--export)
-        cfg.export_dir = str(default_export_dir(run_dir, cfg.export_dir))
-    summary = train(stage, cfg, out_dir=run_dir, resume=resume)
-    if json_path is not None:
-        write_text_atomic(json_path, json.dumps(summary, indent=1))
-    return summary
 
 
 def echo_summary(summary: dict) -> None:
@@ -92,7 +69,7 @@ def _command(name: str):
 
 
 for _name in STAGES:
-    if _name != "student":
+    if _name not in ("student", "distill"):  # below: the same command with the stage's own flags
         app.command(_name)(_command(_name))
 
 
@@ -102,7 +79,7 @@ def student(
     arch: str = typer.Option(None, "--arch", help="student: preset name, spec file or FlexUNet dir [default: teacher's]"),
     p_drop_tf: float = typer.Option(None, help="robust training: P(transformer block -> identity) per step"),
     p_drop_res: float = typer.Option(None, help="robust training: P(ResNet block -> identity) per step"),
-    config: Path = typer.Option(Path("configs/shapes/student.yaml"), "--config", "-c"),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config [default: the shipped student.yaml]"),
     preset: str = typer.Option(None, "--preset", "-p"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
     export: Path = typer.Option(None, "--export", help="where the trained student goes [RUN/export/unet_student]"),
@@ -117,6 +94,50 @@ def student(
     if export is not None:
         overrides["export_dir"] = str(export)
     echo_summary(run_stage("student", config, preset, out, resume, json_path, overrides))
+
+
+def _gamma(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"--gamma {value!r}: 'auto' or a number (e.g. 0.2)") from None
+
+
+@app.command("distill")
+def distill(
+    teacher: Path = typer.Option(None, "--teacher", help="teacher model dir (text encoder, VAE, scheduler, unet/)"),
+    teacher_unet: Path = typer.Option(None, "--teacher-unet", help="another teacher UNet dir (e.g. the 16-step student)"),
+    student: str = typer.Option(None, "--student", help="init: a UNet dir or a preset/spec [default: the teacher]"),
+    teacher_steps: int = typer.Option(None, "--teacher-steps",
+                                      help="teacher DDIM steps: 2 x --student-steps (SnapFusion), or another multiple"),
+    student_steps: int = typer.Option(None, "--student-steps", help="student DDIM steps"),
+    p: float = typer.Option(None, "--p", help="probability of the CFG loss (else vanilla)"),
+    w_range: tuple[float, float] = typer.Option(None, "--w-range", show_default=False,
+                                                help="W_MIN W_MAX: guidance range of the CFG loss (2 14)"),
+    gamma: str = typer.Option(None, "--gamma", help="weight of L_ori: auto | a number"),
+    export: Path = typer.Option(None, "--export", help="where the student UNet goes [default: RUN/export/unet_sN]"),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config [default: the shipped distill.yaml]"),
+    preset: str = typer.Option(None, "--preset", help="named preset of the config (quick: a seconds-long smoke run)"),
+    out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
+    resume: bool = typer.Option(False, "--resume"),
+    json_path: Path = typer.Option(None, "--json", help="write the final summary as JSON"),
+    set_: list[str] = typer.Option(None, "--set", help="any other config key: --set max_steps=500"),
+) -> None:
+    """Distil a teacher into a student taking half the DDIM steps (one halving per run)."""
+    from pocketdiff.training.config import deep_merge
+
+    if teacher_steps is None and student_steps is not None:
+        teacher_steps = 2 * student_steps
+    if student_steps is None and teacher_steps is not None:
+        student_steps = teacher_steps // 2
+    flags = {"teacher_dir": teacher, "teacher_unet": teacher_unet, "student": student, "teacher_steps": teacher_steps,
+             "student_steps": student_steps, "p": p, "w_range": None if not w_range or w_range[0] is None else list(w_range),
+             "gamma": None if gamma is None else _gamma(gamma)}
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
+    overrides = deep_merge({"options": options, **({"export_dir": str(export)} if export else {})}, parse_set(set_))
+    echo_summary(run_stage("distill", config, preset, out, resume, json_path, overrides))
 
 
 if __name__ == "__main__":

@@ -427,3 +427,20 @@ class ShapesDataset(torch.utils.data.IterableDataset):
             scene = sample_scene(rng, n, self.split)
             pixels = to_tensor(render(scene, self.size, rng))
             yield {"pixel_values": pixels, "caption": caption(scene, rng)}
+
+
+EVAL_SEED = 10_000  # renders held-out scenes with jitter no training batch shares
+
+
+def heldout_images(n: int = 400, seed: int = EVAL_SEED, size: int = 64, with_prompts: bool = False):
+    """Held-out scenes (heldout-single and heldout-two interleaved, n in all) rendered with `seed`: [n, 3, H, W] in
+    [-1, 1] (and their prompts and object counts if `with_prompts`)."""
+    one, two = heldout_prompts("heldout-single"), heldout_prompts("heldout-two")
+    pairs = [p for ab in zip(one, two) for p in ab]
+    pairs = [pairs[i % len(pairs)] for i in range(n)]
+    rng = np.random.default_rng(seed)
+    images = to_tensor(np.stack([render(s, size, rng) for _, s in pairs]))
+    if not with_prompts:
+        return images
+    return images, [p for p, _ in pairs], [len(s.objects) for _, s in pairs]
+

@@ -80,7 +80,7 @@ class QualityProbe:
 
     def __init__(self, teacher_dir: str, n: int, steps: int, guidance: float):
         from pocketdiff.data.shapes import make_batch
-        from pocketdiff.training.stages.distill import load_teacher
+        from pocketdiff.models import load_teacher
 
         self.teacher_dir, self.steps, self.guidance = teacher_dir, steps, guidance
         self.sched_config, self.tokenizer, self.frozen = load_teacher(teacher_dir)
@@ -90,7 +90,7 @@ class QualityProbe:
     def __call__(self, unet) -> dict[str, float]:
         from pocketdiff.evaluation.clip_score import clip_score
         from pocketdiff.evaluation.judge import evaluate as judge
-        from pocketdiff.training.stages.teacher import monitor_pipeline
+        from pocketdiff.training.monitor import monitor_pipeline
 
         pipe = monitor_pipeline(unet.eval(), self.frozen, self.tokenizer, self.sched_config)
         images = pipe(self.prompts, num_inference_steps=self.steps, guidance_scale=self.guidance, seed=0).images
@@ -145,7 +145,7 @@ def _key(k) -> str:
 
 def _train(cfg: EvolveConfig, src: Path, dst: Path, run_dir: Path, steps: int, robust: bool) -> None:
     """Robust training (or, with robust=False, plain KD fine-tuning) of the UNet in `src`, exported to `dst`."""
-    from pocketdiff.cli.train import run_stage
+    from pocketdiff.training.run import run_stage
 
     if dst.is_dir():
         return  # finished in an earlier session
@@ -165,7 +165,7 @@ def _train(cfg: EvolveConfig, src: Path, dst: Path, run_dir: Path, steps: int, r
 def evolve(cfg: EvolveConfig, out: str | Path, log=print) -> dict:
     """Run Algorithm 1; resumable: each round's state is in `out` (rerun the same command to continue)."""
     from pocketdiff.arch import FlexUNet
-    from pocketdiff.training.stages.distill import load_flexunet
+    from pocketdiff.models import load_flexunet
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

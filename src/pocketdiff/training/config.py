@@ -28,11 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pocketdiff.errors import SpecError, UnknownPresetError
-
-
-class ConfigError(SpecError):
-    """A config file or override that fails validation; the message names the field."""
+from pocketdiff.errors import ConfigError, UnknownPresetError
 
 
 @dataclass
@@ -207,25 +203,6 @@ def read_config_dict(path: str | Path, preset: str | None = None, overrides: dic
         raw = deep_merge(raw, presets[preset])
     return deep_merge(raw, overrides or {})
 
-
-def load_config(
-    path: str | Path,
-    preset: str | None = None,
-    overrides: dict | None = None,
-    options_cls: type | None = None,
-) -> TrainConfig:
-    """Read and validate a stage config. `options_cls` defaults to the registered stage's `Options`."""
-    data = read_config_dict(path, preset, overrides)
-    try:
-        cfg = from_dict(TrainConfig, data)
-        if options_cls is None:
-            from pocketdiff.training.stages import get_stage
-
-            options_cls = get_stage(cfg.stage).Options
-        cfg.options = from_dict(options_cls, cfg.options or {}, "options")
-    except ConfigError as e:
-        raise ConfigError(f"{Path(path).name}: {e}") from None
-    return cfg
 
 
 def config_from_dict(data: dict, options_cls: type) -> TrainConfig:

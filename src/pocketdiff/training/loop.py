@@ -46,7 +46,7 @@ import yaml
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from pocketdiff.errors import DataError, PocketDiffError, WeightsError
+from pocketdiff.errors import PocketDiffError, WeightsError
 from pocketdiff.io import fsync_dir, publish_dir, recover_dir, write_png_atomic, write_text_atomic
 from pocketdiff.training.config import TrainConfig
 
@@ -503,14 +503,6 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     return summary
 
 
-def random_batch(dataset, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
-    """A batch from a map-style dataset (items: dicts of tensors / strings), indices drawn with `rng` (exact resume)."""
-    if len(dataset) == 0:
-        raise DataError("the dataset is empty")
-    items = [dataset[int(i)] for i in rng.integers(len(dataset), size=batch_size)]
-    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor) else [it[k] for it in items]
-            for k in items[0]}
-
 
 def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
     """[N, H, W, 3] uint8 -> one uint8 grid image (white padding)."""
@@ -524,5 +516,5 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
     return out
 
 
-__all__ = ["EMA", "DivergedError", "RunDirBusyError", "Stage", "default_export_dir", "find_checkpoint", "load_checkpoint", "lr_at", "make_grid",
-           "random_batch", "save_checkpoint", "train"]
+__all__ = ["EMA", "DivergedError", "RunDirBusyError", "Stage", "default_export_dir", "find_checkpoint",
+           "load_checkpoint", "lr_at", "make_grid", "save_checkpoint", "train"]

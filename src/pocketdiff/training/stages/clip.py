@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pocketdiff.data.batches import image_batch, open_dataset
 from pocketdiff.text.clip import CLIPImageTower, build_text_encoder, contrastive_loss
 from pocketdiff.text.tokenizer import load_tokenizer, tokenize_prompts
 from pocketdiff.training.loop import Stage
-from pocketdiff.training.stages.vae import image_batch, open_dataset
 
 EVAL_SEED = 30_000
 

@@ -38,10 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.shapes import to_uint8
+from pocketdiff.data.batches import image_batch, open_dataset, random_batch
+from pocketdiff.data.shapes import heldout_images, to_uint8
 from pocketdiff.errors import DataError, ModelDirError
 from pocketdiff.io import atomic_path
-from pocketdiff.training.loop import Stage, make_grid, random_batch
+from pocketdiff.evaluation.reconstruction import psnr
+from pocketdiff.training.loop import Stage, make_grid
 
 BANK_SEED = 30_000  # training latents: prompts and initial noise
 EVAL_SEED = 40_000  # held-out latents: seeds no training latent uses
@@ -92,8 +94,6 @@ class DecoderStage(Stage):
         return self._frozen
 
     def build(self):
-        from pocketdiff.training.stages.vae import open_dataset
-
         o = self.opts
         if not 0.0 < o.ratio < 1.0:
             raise DataError(f"options.ratio must be in (0, 1), got {o.ratio}")
@@ -209,8 +209,6 @@ class DecoderStage(Stage):
 
     @torch.no_grad()
     def _encode_heldout(self, teacher, n: int) -> torch.Tensor:
-        from pocketdiff.training.stages.vae import heldout_images
-
         x = heldout_images(n, size=teacher.config.sample_size)
         return torch.cat([teacher.encode(c).latent_dist.mode() for c in x.split(32)]) * teacher.config.scaling_factor
 
@@ -218,8 +216,6 @@ class DecoderStage(Stage):
     def get_batch(self, rng):
         if self.opts.latents == "pipeline":
             return {"latents": self.bank[torch.from_numpy(rng.integers(len(self.bank), size=self.cfg.batch_size))]}
-        from pocketdiff.training.stages.vae import image_batch
-
         b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
         # the posterior sample is drawn from this seed (exact resume without the torch RNG)
         return {"pixel_values": b["pixel_values"], "noise_seed": int(rng.integers(2**62))}
@@ -263,7 +259,6 @@ class DecoderStage(Stage):
 
     def evaluate(self, models, frozen):
         from pocketdiff.pruning.decoder import param_count
-        from pocketdiff.training.stages.vae import psnr
 
         student, teacher = models["vae"], frozen["teacher"]
         s, t = self._decode_both(student, teacher, self.eval_z)

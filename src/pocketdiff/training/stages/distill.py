@@ -1,13 +1,13 @@
 """Stage `distill`: SnapFusion's CFG-aware step distillation, one halving per run (teacher_steps = 2 x student_steps;
 a larger multiple makes the teacher take k DDIM steps per student step, for the 16- vs 32-step teacher ablation).
 
-    pocketdiff train distill --config configs/shapes/distill.yaml          # 32-step teacher -> 16-step student
-    pocketdiff distill steps --teacher models/shapes --student-steps 16    # the same, with flags
+    pocketdiff train distill                                                  # 32-step teacher -> 16-step student
+    pocketdiff train distill --teacher models/shapes --student-steps 8 --student models/shapes/unet_s16
 
 Frozen: the teacher UNet (v-prediction), text encoder and VAE from `teacher_dir` (`teacher_unet` swaps in another
 teacher UNet, e.g. the distilled 16-step student that teaches the 8-step one). Trained: the student UNet, initialised
 as a copy of the teacher (`student: null`), from a UNet directory (the previous halving's student), or from a preset
-name / spec file (another architecture, initialised block by block with `FlexUNet.from_teacher`).
+name / spec file (another architecture, initialised block by block with `pocketdiff.arch.init_from_teacher`).
 
 Each micro-batch: shapes-world images -> VAE latents x, noise eps, a student step t of its DDIM grid with the teacher's
 two steps t -> t' -> t'' (`distillation_grid`), z_t = alpha_t x + sigma_t eps, then (pocketdiff.training.distill)
@@ -31,90 +31,20 @@ its weights (default `{teacher_dir}/unet_s{student_steps}`: `export_dir` may nam
 
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from pocketdiff.training.config import ConfigError
+from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.diffusion import encode_latents
+from pocketdiff.errors import ConfigError
+from pocketdiff.models import init_student, load_teacher, save_unet
 from pocketdiff.training.distill import (alpha_sigma, auto_gamma, distillation_grid, step_distillation_loss,
                                          v_prediction_loss)
 from pocketdiff.training.loop import Stage
-from pocketdiff.training.stages.teacher import (SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid,
-                                                save_unet)
+from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
 
-
-def load_flexunet(path: str | Path):
-    """A UNet directory (or a model directory's unet/) as a FlexUNet; a diffusers UNet2DConditionModel is converted."""
-    from pocketdiff.arch import FlexUNet
-
-    path = Path(path)
-    if (path / "unet" / "config.json").is_file():
-        path = path / "unet"
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path}: no config.json, not a UNet directory")
-    if json.loads((path / "config.json").read_text()).get("_class_name") == "FlexUNet":
-        return FlexUNet.from_pretrained(path)
-    return FlexUNet.from_diffusers(path)
-
-
-def load_teacher(teacher_dir: str | Path, teacher_unet: str | Path | None = None):
-    """A trained model directory as frozen training context: (scheduler config, tokenizer, {"teacher": FlexUNet,
-    "vae", "text_encoder"}). The teacher must predict v; `teacher_unet` swaps in another UNet directory."""
-    from transformers import CLIPTextModel
-
-    from pocketdiff.text.tokenizer import load_tokenizer
-    from pocketdiff.training.stages.vae import load_vae
-
-    root = Path(teacher_dir)
-    sched_file = next((root / "scheduler").glob("*.json"), None)
-    if sched_file is None:
-        raise ConfigError(f"options.teacher_dir: {root} has no scheduler/*.json (a trained model dir is needed)")
-    sched_config = json.loads(sched_file.read_text())
-    if sched_config.get("prediction_type") != "v_prediction":
-        raise ConfigError(f"{root}: the teacher must predict v (SnapFusion fine-tunes it to v-prediction first), "
-                          f"its scheduler says {sched_config.get('prediction_type')!r}")
-    teacher = load_flexunet(teacher_unet or root / "unet").eval().requires_grad_(False)
-    frozen = {"teacher": teacher, "vae": load_vae(root / "vae"),
-              "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"))}
-    return sched_config, load_tokenizer(root / "tokenizer"), frozen
-
-
-def init_student(teacher, arch: str | None, depth: float = 1.0):
-    """The student UNet: a copy of the teacher (`arch` None), a saved UNet directory, or a preset / spec file
-    initialised from the teacher's blocks (`FlexUNet.from_teacher`, its report printed)."""
-    from pocketdiff.arch import FlexUNet
-
-    if arch is None:
-        return copy.deepcopy(teacher)
-    if Path(arch).is_dir():
-        return load_flexunet(arch)
-    student, report = FlexUNet.from_teacher(teacher, student_spec(arch, teacher.spec, depth), report=True)
-    print(f"student from teacher: {report.summary()}")
-    return student
-
-
-def student_spec(name: str, teacher_spec, depth: float = 1.0):
-    """A preset name or spec file, fitted to the teacher: width from the teacher's first channel count, the teacher's
-    latent size, channels in/out, context width, and (if the teacher fixes it) its attention head width."""
-    from dataclasses import replace
-
-    from pocketdiff.arch import ArchSpec, TfSpec, get_spec
-
-    if Path(name).is_file():
-        spec = ArchSpec.load(name)
-    else:
-        spec = get_spec(name, width=teacher_spec.channels[0] / get_spec(name).channels[0], depth=depth)
-    head_dim = next((b.head_dim for *_, b in teacher_spec.all_blocks() if b.kind == "tf" and b.head_dim), None)
-    fix = (lambda b: replace(b, heads=None, head_dim=head_dim) if isinstance(b, TfSpec) else b) if head_dim else (lambda b: b)
-    return spec.replace(
-        sample_size=teacher_spec.sample_size, cross_attention_dim=teacher_spec.cross_attention_dim,
-        in_channels=teacher_spec.in_channels, out_channels=teacher_spec.out_channels,
-        down=tuple(tuple(fix(b) for b in lv) for lv in spec.down), mid=tuple(fix(b) for b in spec.mid),
-        up=tuple(tuple(fix(b) for b in lv) for lv in spec.up))
 
 
 class DistillStage(Stage):
@@ -164,8 +94,6 @@ class DistillStage(Stage):
     def build_frozen(self):
         if getattr(self, "_frozen", None) is not None:
             return self._frozen
-        from pocketdiff.training.stages.vae import open_dataset
-
         o = self.opts
         self.sched_config, self.tokenizer, self._frozen = load_teacher(o.teacher_dir, o.teacher_unet)
         from diffusers import DDPMScheduler
@@ -184,8 +112,6 @@ class DistillStage(Stage):
 
     # ------------------------------------------------------------------ training
     def get_batch(self, rng):
-        from pocketdiff.training.stages.vae import image_batch
-
         o, n = self.opts, self.cfg.batch_size
         b = image_batch(o.data, rng, n, o.two_object_fraction, self.dataset)
         captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
@@ -199,7 +125,6 @@ class DistillStage(Stage):
 
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
-        from pocketdiff.training.stages.vae import encode_latents
 
         vae, te = frozen["vae"], frozen["text_encoder"]
         with torch.no_grad():

@@ -3,7 +3,7 @@
     pocketdiff train student --teacher models/shapes --arch mobilediffusion      # any preset, spec file or UNet dir
     pocketdiff train student --teacher models/shapes --p-drop-tf 0.1 --p-drop-res 0.05   # robust training
 
-The student is initialised from the teacher's blocks (`FlexUNet.from_teacher`: kept blocks copied, added ones
+The student is initialised from the teacher's blocks (`init_from_teacher`: kept blocks copied, added ones
 duplicated) or continues a saved FlexUNet directory (`arch: DIR`, e.g. a round of `pocketdiff evolve`). Each step
 
     L = w_task ||v_S - v||^2 + w_out ||v_S - v_T||^2 + w_feat mean_s ||f_S,s - f_T,s||^2
@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.training.config import ConfigError
+from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.diffusion import noised_latents
+from pocketdiff.errors import ConfigError
+from pocketdiff.models import init_student, load_teacher, save_unet
 from pocketdiff.training.loop import Stage
-from pocketdiff.training.stages.distill import init_student, load_teacher
-from pocketdiff.training.stages.teacher import (SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, noised_latents,
-                                                sample_grid, save_unet)
+from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
 
 
 def sample_dropped(unet, rng, p_tf: float, p_res: float) -> set:
@@ -79,8 +80,6 @@ class StudentStage(Stage):
             return self._frozen
         from diffusers import DDPMScheduler
 
-        from pocketdiff.training.stages.vae import open_dataset
-
         self.sched_config, self.tokenizer, self._frozen = load_teacher(self.opts.teacher_dir)
         self.scheduler = DDPMScheduler.from_config(self.sched_config)
         self.dataset = open_dataset(self.opts.data)
@@ -96,8 +95,6 @@ class StudentStage(Stage):
 
     # ------------------------------------------------------------------ training
     def get_batch(self, rng):
-        from pocketdiff.training.stages.vae import image_batch
-
         o = self.opts
         b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
         captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]

@@ -11,23 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
-from pocketdiff.io import atomic_dir
-from pocketdiff.training.loop import Stage, make_grid
-
-SAMPLE_PROMPTS = ["a red circle on the left", "a large blue square", "a small green triangle at the top",
-                  "a yellow circle left of a purple square", "a red square above a green circle",
-                  "a blue triangle right of a yellow square", "", "an orange circle at the bottom"]
-
-
-def noise_schedule(o) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=o.num_train_timesteps, beta_schedule=o.beta_schedule,
-                         prediction_type=o.prediction_type, clip_sample=False,
-                         timestep_spacing="trailing")  # trailing: few-step samplers start at t = T - 1
+from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.diffusion import min_snr_weight, noise_schedule, noised_latents, sample_timesteps
+from pocketdiff.models import load_vae, save_unet
+from pocketdiff.training.loop import Stage
+from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
 
 
 class TeacherStage(Stage):
@@ -87,7 +78,6 @@ class TeacherStage(Stage):
         from transformers import CLIPTextModel
 
         from pocketdiff.text.tokenizer import load_tokenizer
-        from pocketdiff.training.stages.vae import load_vae
 
         root = Path(self.opts.model_dir)
         self.tokenizer = load_tokenizer(root / "tokenizer")
@@ -103,8 +93,6 @@ class TeacherStage(Stage):
         spec = self._spec(latent, te.config.hidden_size).replace(in_channels=vae.config.latent_channels,
                                                                  out_channels=vae.config.latent_channels)
         self.scheduler = noise_schedule(self.opts)
-        from pocketdiff.training.stages.vae import open_dataset
-
         self.dataset = open_dataset(self.opts.data)
         unet = FlexUNet.from_spec(spec)
         if self.opts.init_unet:
@@ -113,8 +101,6 @@ class TeacherStage(Stage):
 
     # ------------------------------------------------------------------ training
     def get_batch(self, rng):
-        from pocketdiff.training.stages.vae import image_batch
-
         b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
         captions = ["" if rng.random() < self.opts.cfg_dropout else c for c in b["caption"]]
         t = sample_timesteps(rng, len(captions), self.opts.num_train_timesteps, self.opts.timestep_density,
@@ -158,75 +144,8 @@ class TeacherStage(Stage):
 
 # ---------------------------------------------------------------------- shared by the diffusion stages
 
-def sample_timesteps(rng: np.random.Generator, n: int, num_train_timesteps: int, density: str = "uniform",
-                     logit_mean: float = 0.0, logit_std: float = 1.0) -> np.ndarray:
-    """n training timesteps in [0, T): uniform, or t / T = sigmoid(N(logit_mean, logit_std^2)) (SD3's logit-normal)."""
-    if density == "uniform":
-        return rng.integers(0, num_train_timesteps, size=n)
-    u = 1.0 / (1.0 + np.exp(-rng.normal(logit_mean, logit_std, size=n)))
-    return np.minimum((u * num_train_timesteps).astype(np.int64), num_train_timesteps - 1)
-
-
-def min_snr_weight(scheduler, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma weights (Hang et al. 2023, eq. 7), SNR_t = alpha_t^2 / sigma_t^2 (diffusers' `compute_snr`).
-
-    The paper weights the x0-MSE by min(SNR, gamma). Since x0 - x0_hat = sigma (v_hat - v) = (sigma / alpha)
-    (eps_hat - eps), that is min(SNR, gamma) / (SNR + 1) on the v-MSE and min(SNR, gamma) / SNR on the eps-MSE."""
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(scheduler, t)
-    capped = snr.clamp(max=gamma)
-    return capped / (snr + 1) if prediction_type == "v_prediction" else capped / snr
-
-
-def noised_latents(scheduler, vae, batch: dict, latent_sample: bool = True):
-    """(x0, eps, t, z_t): the batch's images as VAE latents, noise drawn from the batch's seed (exact resume without
-    a torch RNG), z_t = alpha_t x0 + sigma_t eps (the forward process, `scheduler.add_noise`)."""
-    from pocketdiff.training.stages.vae import encode_latents
-
-    with torch.no_grad():
-        x0 = encode_latents(vae, batch["pixel_values"], sample=latent_sample,
-                            generator=torch.Generator().manual_seed(batch["noise_seed"])).float()
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
-    t = batch["t"].to(x0.device)
-    return x0, noise, t, scheduler.add_noise(x0, noise, t)
-
-
-def save_unet(unet, export_dir, extra_json: dict[str, dict] | None = None) -> None:
-    """`save_pretrained` into a temporary directory, then swap it in: readers never see half a model."""
-    import json
-
-    with atomic_dir(export_dir) as tmp:
-        unet.save_pretrained(str(tmp), safe_serialization=True)
-        for name, data in (extra_json or {}).items():
-            (tmp / name).write_text(json.dumps(data, indent=1))
 
 
 # ---------------------------------------------------------------------- monitoring shared by the diffusion stages
 
-def monitor_pipeline(unet, frozen: dict, tokenizer, scheduler_config):
-    """A DDIM pipeline around a UNet being trained and the stage's frozen VAE and text encoder."""
-    from pocketdiff.sampling.pipeline import TextToImagePipeline, make_scheduler
 
-    return TextToImagePipeline(unet=unet, vae=frozen["vae"], text_encoder=frozen["text_encoder"],
-                               tokenizer=tokenizer, scheduler=make_scheduler("ddim", scheduler_config))
-
-
-def sample_grid(pipe, prompts: list[str], steps: int, guidance: float):
-    return make_grid(pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=0).images,
-                     cols=len(prompts))
-
-
-def heldout_accuracy(pipe, n_prompts: int, steps: int, guidance: float) -> dict[str, float]:
-    """Judged accuracy on the first n_prompts/2 prompts of each held-out set (fixed seeds): acc_single, acc_two."""
-    if not n_prompts:
-        return {}
-    from pocketdiff.data.shapes import heldout_prompts
-    from pocketdiff.evaluation.judge import evaluate as judge
-
-    out = {}
-    for name in ("heldout-single", "heldout-two"):
-        prompts = [p for p, _ in heldout_prompts(name)[: n_prompts // 2]]
-        images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=0).images
-        out[f"acc_{name.split('-')[1]}"] = judge(list(images), prompts)["accuracy"]
-    return out
