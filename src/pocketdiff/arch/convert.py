@@ -141,7 +141,7 @@ def init_from_teacher(teacher: FlexUNet, spec: ArchSpec) -> tuple[FlexUNet, Init
 
     Alignment, per (path, level): student blocks are matched in order to the teacher's blocks of the same kind and
     shape (a subsequence match, so removing blocks keeps the survivors' weights). A student block beyond the teacher's
-    (an added copy, as SnapFusion's Up-1 with 6 transformers) copies the last matched teacher block of its kind;
+    (an added copy, as SnapFusion's Up-2 with 6 transformers) copies the last matched teacher block of its kind;
     with nothing to copy it keeps its fresh initialisation. Stem, time MLP, samplers and head copy where shapes fit.
     """
     student = FlexUNet.from_spec(spec)
