@@ -53,6 +53,8 @@ def bench(
                                   "reference)"),
     width: float = typer.Option(1.0, "--width", help="scale every model's widths (quick looks; not the real "
                                 "pipeline)"),
+    clock: str = typer.Option("wall", "--clock", help="wall | cpu (this process's CPU time: robust on a shared "
+                              "machine; use with --threads 1)"),
     json_path: Path = typer.Option(None, "--json", help="write every timing, the machine, load and versions here"),
     plot: Path = typer.Option(None, "--plot", help="bar chart PNG (+ scaling panel for several resolutions/batches)"),
     list_: bool = typer.Option(False, "--list", help="list the configurations and backends, then exit"),
@@ -110,7 +112,8 @@ def bench(
                   log=lambda msg: bar.console.log(msg) if os.environ.get("POCKETDIFF_VERBOSE") else None)
     with bar:
         res = run_bench(names, resolutions=resolutions, batches=batches, runs=runs, warmup=warmup, threads=threads,
-                        dtypes=_split(dtype) or None, backends=_split(backend) or None, width=width, progress=hooks)
+                        dtypes=_split(dtype) or None, backends=_split(backend) or None, width=width, progress=hooks,
+                        clock=clock)
     out = res.to_dict()
     out["command"] = "pocketdiff bench " + " ".join(sys.argv[2:]) if out.get("command") is None \
         else out["command"]
@@ -119,7 +122,8 @@ def bench(
     con.print(f"{m['cpu']}, {m['cores']} cores, {out['threads']} threads, native bf16: {out['native_bf16']}; torch "
               f"{out['versions'].get('torch')}; {runs} runs after {warmup} warm-up; load "
               f"{out['load_start']['loadavg'][0]:.1f} -> {out['load_end']['loadavg'][0]:.1f}"
-              + ("" if width == 1.0 else f"; WIDTH {width}: scaled-down models"))
+              + ("" if width == 1.0 else f"; WIDTH {width}: scaled-down models")
+              + ("" if clock == "wall" else "; CPU-time clock"))
     for r0 in resolutions:
         for b0 in batches:
             t = Table(title=f"{r0}px, batch {b0}: ms (medians; per image = text + steps x UNet + decoder, / batch)",
