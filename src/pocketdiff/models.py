@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 from diffusers import AutoencoderKL
@@ -106,7 +107,15 @@ def student_spec(name: str, teacher_spec, depth: float = 1.0):
         spec = get_spec(name, width=teacher_spec.channels[0] / get_spec(name).channels[0], depth=depth)
     head_dim = next((b.head_dim for *_, b in teacher_spec.all_blocks() if b.kind == "tf" and b.head_dim), None)
     fix = (lambda b: replace(b, heads=None, head_dim=head_dim) if isinstance(b, TfSpec) else b) if head_dim else (lambda b: b)
+    channels, groups = spec.channels, spec.norm_groups
+    if head_dim and any(c % head_dim for c in channels):
+        # the width rule can give a count the teacher's head width does not divide (MobileDiffusion's 1024 at width
+        # 0.1: 104, head width 16): round to the nearest multiple of the head width, ties up (104 -> 112); GroupNorm
+        # groups as get_spec picks them (the largest count <= 32 dividing every width)
+        channels = tuple(max(head_dim, int(math.floor(c / head_dim + 0.5)) * head_dim) for c in channels)
+        groups = max(d for d in range(1, 33) if math.gcd(*channels) % d == 0)
     return spec.replace(
+        channels=channels, norm_groups=groups,
         sample_size=teacher_spec.sample_size, cross_attention_dim=teacher_spec.cross_attention_dim,
         in_channels=teacher_spec.in_channels, out_channels=teacher_spec.out_channels,
         down=tuple(tuple(fix(b) for b in lv) for lv in spec.down), mid=tuple(fix(b) for b in spec.mid),

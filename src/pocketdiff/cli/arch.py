@@ -2,6 +2,7 @@
 
     pocketdiff arch list [--resolution 512] [--json PATH]
     pocketdiff arch show NAME [--resolution 512] [--width 1.0] [--json PATH]
+    pocketdiff arch relu UNET_DIR --out DIR      (softmax -> ReLU attention, same weights)
 
 NAME is a preset (`pocketdiff arch list`), a spec file (JSON/YAML) or a saved FlexUNet directory (its config.json;
 a pipeline directory with unet/ works too). Costs are counted on the meta device (no weights, ~1 s per model) for
@@ -125,3 +126,25 @@ def show_cmd(
     con.print(kinds)
     if json_path:
         write_json_atomic(json_path, cost.to_dict())
+
+
+@app.command("relu")
+def relu_cmd(
+    unet: Path = typer.Argument(..., help="a saved FlexUNet directory with softmax attention"),
+    out: Path = typer.Option(..., "--out", "-o", help="where the ReLU-attention UNet goes"),
+    kind: str = typer.Option("relu", "--attention", help="relu | softmax (convert back)"),
+) -> None:
+    """Switch every transformer's attention to ReLU attention (MobileDiffusion), keeping all weights.
+
+    Fine-tune it after, by KD from its softmax parent:
+    pocketdiff train student --teacher models/shapes --teacher-unet PARENT --arch OUT --p-drop-tf 0 --p-drop-res 0
+    """
+    from ..arch.convert import with_attention
+    from ..arch.unet import FlexUNet
+    from ..models import save_unet
+
+    src = FlexUNet.from_pretrained(unet)
+    converted = with_attention(src, kind)
+    n = sum(1 for *_, b in converted.spec.all_blocks() if b.kind == "tf")
+    save_unet(converted, out, {"attention.json": {"from": str(unet), "attention": kind}})
+    typer.echo(f"{unet} -> {out}: {n} transformer blocks now use {kind} attention; weights unchanged")

@@ -14,7 +14,7 @@ from pocketdiff.io import write_json_atomic, write_png_atomic
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = Path(os.environ.get("POCKETDIFF_MODEL", REPO / "models" / "shapes"))
-SCHEDULER_HELP = "ddim | dpm | dpm++ (diffusers' solvers)"
+SCHEDULER_HELP = "ddim | dpm | dpm++ (diffusers' solvers) | ufogen (one-step / re-noising, for UFOGen UNets)"
 DEVICE_HELP = "auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps"
 
 

@@ -77,6 +77,7 @@ for _name in STAGES:
 def student(
     teacher: Path = typer.Option(None, "--teacher", help="trained model dir (its unet/ teaches) [config: models/shapes]"),
     arch: str = typer.Option(None, "--arch", help="student: preset name, spec file or FlexUNet dir [default: teacher's]"),
+    teacher_unet: Path = typer.Option(None, "--teacher-unet", help="teach with this UNet dir instead of TEACHER/unet"),
     p_drop_tf: float = typer.Option(None, help="robust training: P(transformer block -> identity) per step"),
     p_drop_res: float = typer.Option(None, help="robust training: P(ResNet block -> identity) per step"),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config [default: the shipped student.yaml]"),
@@ -88,7 +89,8 @@ def student(
     set_: list[str] = typer.Option(None, "--set", help="override a config key: --set options.w_feat=0.5"),
 ) -> None:
     """Distil a student UNet from the teacher (task + output + feature losses) with robust training."""
-    flags = {"teacher_dir": teacher and str(teacher), "arch": arch, "p_drop_tf": p_drop_tf, "p_drop_res": p_drop_res}
+    flags = {"teacher_dir": teacher and str(teacher), "teacher_unet": teacher_unet and str(teacher_unet), "arch": arch,
+             "p_drop_tf": p_drop_tf, "p_drop_res": p_drop_res}
     overrides = parse_set(set_)
     overrides.setdefault("options", {}).update({k: v for k, v in flags.items() if v is not None})
     if export is not None:

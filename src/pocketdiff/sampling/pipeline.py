@@ -7,6 +7,7 @@ guidance (Ho & Salimans 2022): eps_or_v = u + w (c - u), with diffusers' schedul
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..io import write_text_atomic
 from ..profiling.latency import synced_clock
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-SCHEDULERS = ("ddim", "dpm", "dpm++")
+SCHEDULERS = ("ddim", "dpm", "dpm++", "ufogen")
 
 
 def make_scheduler(name: str, config: dict):
@@ -34,6 +35,11 @@ def make_scheduler(name: str, config: dict):
         return DPMSolverMultistepScheduler.from_config(
             config, algorithm_type="dpmsolver" if name == "dpm" else "dpmsolver++", solver_order=2,
             final_sigmas_type="sigma_min" if name == "dpm" else "zero")
+    if name == "ufogen":
+        # UFOGen's one-step / re-noising sampler, for a UNet fine-tuned by `pocketdiff train ufogen`
+        from .ufogen import UFOGenScheduler
+
+        return UFOGenScheduler.from_config(config)
     raise DataError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
@@ -102,8 +108,12 @@ class TextToImagePipeline(DiffusionPipeline):
 
         # 2. initial noise, one generator per image: the same seed gives the same image in any batch
         shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         if latents is None:
-            latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+            latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        # a stochastic step (UFOGen's re-noising) draws from the same per-image generators (diffusers' convention:
+        # pass `generator` when the scheduler's step takes it; DDIM with eta 0 and DPM-Solver++ draw nothing)
+        step_kwargs = {"generator": generators} if "generator" in inspect.signature(sched.step).parameters else {}
         latents = latents.to(self.device, self.unet.dtype) * sched.init_noise_sigma
         sched.set_timesteps(num_inference_steps)
 
@@ -117,7 +127,7 @@ class TextToImagePipeline(DiffusionPipeline):
             if cfg:
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
-            latents = sched.step(out, t, latents).prev_sample
+            latents = sched.step(out, t, latents, **step_kwargs).prev_sample
         t_.unet_total = 1e3 * (synced_clock(self.device) - t0)
         if not decode:
             return Generation(images=latents.float().cpu().numpy(), timings=t_)

@@ -91,6 +91,7 @@ class Stage(ABC):
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.opts = cfg.options
+        self.step = 0  # the optimiser step being computed (set by `train` before each step's batches)
 
     @abstractmethod
     def build(self) -> dict[str, nn.Module]:
@@ -109,6 +110,12 @@ class Stage(ABC):
         raise NotImplementedError(f"stage {self.name!r} has trainable modules but defines no compute_loss")
 
     def sample(self, models: nn.ModuleDict, frozen: dict[str, nn.Module], rng: np.random.Generator) -> np.ndarray | None:
+        return None
+
+    def optimizer_groups(self) -> dict[str, dict] | None:
+        """Optional per-module optimiser settings, by `build()` name: {"generator": {}, "discriminator": {"betas":
+        (0.0, 0.999), "lr_scale": 1.0}} (a GAN's two Adams in one optimiser). When given, each named module's
+        gradients are clipped on their own (`grad_clip`) and logged as grad_norm_NAME. None: one group for all."""
         return None
 
     def evaluate(self, models: nn.ModuleDict, frozen: dict[str, nn.Module]) -> dict[str, float]:
@@ -376,11 +383,15 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     if trainable:
         model.to(device)
         ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
-        decay, no_decay = [], []  # no weight decay on biases, norm weights, scalars (< 2-D tensors)
-        for p in model.parameters():
-            if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        per_module = stage.optimizer_groups()
+        groups = []
+        for name, extra in (per_module or {None: {}}).items():
+            decay, no_decay = [], []  # no weight decay on biases, norm weights, scalars (< 2-D tensors)
+            for p in (model if name is None else model[name]).parameters():
+                if p.requires_grad:
+                    (decay if p.dim() >= 2 else no_decay).append(p)
+            groups += [{"params": decay, "weight_decay": cfg.weight_decay, **extra},
+                       {"params": no_decay, "weight_decay": 0.0, **extra}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
         model, optimizer = accelerator.prepare(model, optimizer)
         if ema is not None:
@@ -431,7 +442,8 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                     break
                 lr = lr_at(step, cfg)
                 for g in optimizer.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+                stage.step = step  # for stages that act on a schedule (a discriminator updated every k steps)
                 for _ in range(cfg.grad_accum_steps):
                     batch = _to_device(stage.get_batch(rng), device)
                     with accelerator.autocast():
@@ -442,10 +454,14 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                     for k, v in {"loss": loss.item(), **logs}.items():
                         sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum_steps
                 if cfg.grad_clip is not None:
-                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-                    if not math.isfinite(grad_norm):
-                        raise _diverged(run_dir, step + 1, f"the gradient norm is {grad_norm}", lr)
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+                    # per module when the stage names its optimiser groups (a GAN's G and D), else all together
+                    for name in per_module or [None]:
+                        params = (model if name is None else accelerator.unwrap_model(model)[name]).parameters()
+                        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
+                        if not math.isfinite(grad_norm):
+                            raise _diverged(run_dir, step + 1, f"the gradient norm is {grad_norm}", lr)
+                        key = "grad_norm" if name is None else f"grad_norm_{name}"
+                        sums[key] = sums.get(key, 0.0) + grad_norm
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

@@ -14,6 +14,7 @@ from pocketdiff.training.stages.distill import DistillStage
 from pocketdiff.training.stages.tokenizer import TokenizerStage
 from pocketdiff.training.stages.student import StudentStage
 from pocketdiff.training.stages.teacher import TeacherStage
+from pocketdiff.training.stages.ufogen import UFOGenStage
 from pocketdiff.training.stages.vae import VAEStage
 
 STAGES: dict[str, type[Stage]] = {
@@ -24,6 +25,7 @@ STAGES: dict[str, type[Stage]] = {
     "decoder": DecoderStage,
     "distill": DistillStage,
     "student": StudentStage,
+    "ufogen": UFOGenStage,
 }
 
 

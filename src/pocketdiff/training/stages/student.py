@@ -50,6 +50,7 @@ class StudentStage(Stage):
     @dataclass
     class Options:
         teacher_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/, scheduler/, unet/ (the teacher)
+        teacher_unet: str | None = None  # another teacher UNet dir (e.g. a ReLU-attention model's softmax parent)
         arch: str | None = None  # None: the teacher's own spec | preset name | spec file | FlexUNet directory
         student_depth: float = 1.0  # for a preset student (its width follows the teacher's channels)
         w_task: float = 1.0
@@ -80,7 +81,7 @@ class StudentStage(Stage):
             return self._frozen
         from diffusers import DDPMScheduler
 
-        self.sched_config, self.tokenizer, self._frozen = load_teacher(self.opts.teacher_dir)
+        self.sched_config, self.tokenizer, self._frozen = load_teacher(self.opts.teacher_dir, self.opts.teacher_unet)
         self.scheduler = DDPMScheduler.from_config(self.sched_config)
         self.dataset = open_dataset(self.opts.data)
         return self._frozen

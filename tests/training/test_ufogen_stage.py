@@ -1,0 +1,104 @@
+"""Stage `ufogen` (diffusion-GAN one-step fine-tune) on the tiny untrained shapes model: the discriminator is the
+UNet's down path + mid block with a zero head, gradients go where they should, collapse stops the run with a clear
+message, and the CLI trains, logs both losses and D's accuracy, exports and resumes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pocketdiff.training.config import ConfigError, load_config
+from pocketdiff.training.stages.ufogen import TrainingCollapsedError, UFOGenStage
+
+
+def quick_stage(model_dir, **options):
+    cfg = load_config("configs/shapes/ufogen.yaml", "quick",
+                      {"options": {"model_dir": str(model_dir), "init_unet": str(model_dir / "unet"), **options}})
+    return UFOGenStage(cfg)
+
+
+def test_discriminator_is_the_unets_down_path_and_mid_block_with_a_zero_head(quick_model_dir):
+    stage = quick_stage(quick_model_dir)
+    models = stage.build()
+    G, D = models["generator"], models["discriminator"]
+    unet = stage._init_unet
+    for name, p in D.state_dict().items():
+        if not name.startswith(("head", "proj")):
+            torch.testing.assert_close(p, unet.state_dict()[name])
+    assert not any(k.startswith(("up_levels", "conv_out")) for k in D.state_dict())
+    for name, p in G.state_dict().items():
+        torch.testing.assert_close(p, unet.state_dict()[name])
+    x, ctx = torch.randn(3, 4, 16, 16), torch.randn(3, 16, unet.config.cross_attention_dim)
+    logits = D(x, torch.tensor([10, 500, 900]), ctx)
+    assert logits.shape[0] == 3 and torch.count_nonzero(logits) == 0  # zero-initialised head
+
+
+@pytest.mark.parametrize("step", [0, 1])
+def test_g_loss_never_trains_d_and_d_trains_every_d_every_steps(quick_model_dir, step):
+    stage = quick_stage(quick_model_dir, w_rec=0.0)
+    models = torch.nn.ModuleDict(stage.build())
+    torch.nn.init.normal_(models["discriminator"].head[-1].weight)  # a non-zero head: G gets an adversarial signal
+    frozen = stage.build_frozen()
+    stage.step = step
+    loss, logs = stage.compute_loss(models, frozen, stage.get_batch(np.random.default_rng(0)))
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in models["generator"].parameters())
+    d_grads = [p.grad for p in models["discriminator"].parameters()]
+    if step % stage.opts.d_every == 0:
+        assert "l_d" in logs and 0 <= logs["d_acc_real"] <= 1 and 0 <= logs["d_acc_fake"] <= 1
+        assert any(g is not None for g in d_grads)
+    else:
+        assert "l_d" not in logs and all(g is None for g in d_grads)
+    assert logs["l_adv"] > 0 and logs["diversity"] > 0
+    assert all(p.grad is None for m in frozen.values() for p in m.parameters())
+
+
+def test_collapse_stops_the_run_with_a_clear_message(quick_model_dir):
+    stage = quick_stage(quick_model_dir, collapse_window=3)
+    stage.build_frozen()
+    ok = {"l_adv": 0.7, "l_rec": 0.1, "diversity": 0.9, "d_acc_real": 0.6, "d_acc_fake": 0.6}
+    for _ in range(5):
+        stage._check_collapse(ok, torch.tensor(1.0))
+    with pytest.raises(TrainingCollapsedError, match="mode collapse.*w_rec"):
+        for _ in range(3):
+            stage._check_collapse({**ok, "diversity": 0.01}, torch.tensor(1.0))
+    stage = quick_stage(quick_model_dir, collapse_window=3)
+    stage.build_frozen()
+    with pytest.raises(TrainingCollapsedError, match="discriminator has won"):
+        for _ in range(3):
+            stage._check_collapse({**ok, "d_acc_real": 1.0, "d_acc_fake": 1.0}, torch.tensor(1.0))
+    with pytest.raises(TrainingCollapsedError, match="nan"):
+        stage._check_collapse(ok, torch.tensor(float("nan")))
+
+
+def test_bad_options_are_clear_errors(quick_model_dir):
+    with pytest.raises(ConfigError, match="d_head"):
+        quick_stage(quick_model_dir, d_head="conv")
+    with pytest.raises(ConfigError, match="d_betas"):
+        quick_stage(quick_model_dir, d_betas=[0.0, 1.5])
+
+
+def test_cli_trains_logs_both_losses_exports_and_resumes(quick_model_dir, tmp_path):
+    from pocketdiff.arch import FlexUNet
+    from pocketdiff.cli import build_app
+    from pocketdiff.sampling.pipeline import load_pipeline
+
+    run, export = tmp_path / "run", tmp_path / "g"
+    args = ["train", "ufogen", "--preset", "quick", "--out", str(run), "--set", f"export_dir={export}",
+            "--set", f"options.model_dir={quick_model_dir}", "--set", f"options.init_unet={quick_model_dir / 'unet'}"]
+    r = CliRunner().invoke(build_app(), args + ["--set", "max_steps=2"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    r = CliRunner().invoke(build_app(), args + ["--resume"])  # continues from step 2 to the preset's 3
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in steps] == [1, 2, 3]
+    assert all("l_adv" in row and "l_rec" in row and "grad_norm_generator" in row for row in steps)
+    assert "d_acc_real" in steps[0] and "d_acc_fake" in steps[0] and "l_d" not in steps[1]  # D every 2 steps
+    FlexUNet.from_pretrained(export)
+    assert json.loads((export / "ufogen.json").read_text())["scheduler"] == "ufogen"
+    gen = load_pipeline(quick_model_dir, unet_dir=export, scheduler="ufogen")("a red circle", num_inference_steps=1,
+                                                                              guidance_scale=1.0)
+    assert gen.images.shape == (1, 64, 64, 3) and gen.timings.unet_calls == 1
