@@ -153,3 +153,26 @@ def test_not_a_model_dir(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(ModelDirError, match="AutoencoderKL"):
         flexunet_from_diffusers(tmp_path)
+
+
+def test_relu_conversion_keeps_every_weight_and_changes_only_the_attention(quick_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from pocketdiff.arch import FlexUNet
+    from pocketdiff.arch.convert import with_attention
+    from pocketdiff.cli import build_app
+
+    src = FlexUNet.from_pretrained(quick_model_dir / "unet")
+    r = CliRunner().invoke(build_app(), ["arch", "relu", str(quick_model_dir / "unet"), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    relu = FlexUNet.from_pretrained(tmp_path / "r")
+    kinds = {b.attention for *_, b in relu.spec.all_blocks() if b.kind == "tf"}
+    assert kinds == {"relu"}
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(relu.state_dict()[k], v)
+    x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 16, src.config.cross_attention_dim)
+    with torch.no_grad():
+        a, b = src(x, 500, ctx).sample, relu(x, 500, ctx).sample
+        back = with_attention(relu, "softmax")(x, 500, ctx).sample
+    assert not torch.allclose(a, b)  # ReLU attention is another function of the same weights
+    torch.testing.assert_close(back, a)  # and converting back restores the parent exactly

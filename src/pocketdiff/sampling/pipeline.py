@@ -39,7 +39,8 @@ def make_scheduler(name: str, config: dict):
         # UFOGen's one-step / re-noising sampler, for a UNet fine-tuned by `pocketdiff train ufogen`
         from .ufogen import UFOGenScheduler
 
-        return UFOGenScheduler.from_config(config)
+        known = set(inspect.signature(UFOGenScheduler.__init__).parameters)  # the schedule's keys, not DDIM's options
+        return UFOGenScheduler.from_config({k: v for k, v in config.items() if k in known or k.startswith("_")})
     raise DataError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 

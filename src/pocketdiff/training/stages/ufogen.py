@@ -6,6 +6,7 @@
 Each step (x0: a batch's VAE latents, c: its captions, T: the training schedule's length):
 
     t ~ U{1, ..., T-1},  s = max(t - T / n_gap, 0)                (the reference code's t and t_minus, n_gap = 4)
+                         (t_last_fraction > 0: that share of the batch at t = T-1, the one-step sampler's t)
     x_t = q(x_t | x0),   x0' = G(x_t, t, c)                        (G predicts v; x0' = alpha_t x_t - sigma_t v)
     real = q(x_s | x0),  fake = q(x_s | x0')                       (both *forward*-noised: UFOGen eq. 8-9)
     L_D  = BCE(D(real, s, c), 1) + BCE(D(fake.detach(), s, c), 0)   every `d_every` steps
@@ -115,6 +116,7 @@ class UFOGenStage(Stage):
         model_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/, scheduler/ (v-prediction)
         init_unet: str = "models/shapes/unet_s8"  # G and D start from this UNet (the shipped 8-step student)
         n_gap: int = 4  # real and fake are noised to s = t - T / n_gap (the reference code's num_times)
+        t_last_fraction: float = 0.0  # share of each batch at t = T-1, the one-step sampler's t (ours; 0: uniform)
         w_adv: float = 1.0  # generator: adversarial weight
         w_rec: float = 1.0  # generator: reconstruction (v-MSE) weight
         d_every: int = 2  # the discriminator is updated every d_every steps (reference: 2)
@@ -148,6 +150,8 @@ class UFOGenStage(Stage):
             for name in ("w_adv", "w_rec", "d_lr_scale", "logit_clamp"):
                 if getattr(self, name) < 0:
                     raise ConfigError(f"{name}: {getattr(self, name)} must be >= 0")
+            if not 0 <= self.t_last_fraction <= 1:
+                raise ConfigError(f"t_last_fraction: {self.t_last_fraction} must be in [0, 1]")
             if not 0 <= self.cfg_dropout < 1:
                 raise ConfigError(f"cfg_dropout: {self.cfg_dropout} must be in [0, 1)")
             if len(self.d_betas) != 2 or not all(0 <= b < 1 for b in self.d_betas):
@@ -183,7 +187,10 @@ class UFOGenStage(Stage):
         o = self.opts
         b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
         captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
-        t = rng.integers(1, self.scheduler.config.num_train_timesteps, size=len(captions))
+        T = self.scheduler.config.num_train_timesteps
+        t = rng.integers(1, T, size=len(captions))
+        if o.t_last_fraction:
+            t[rng.random(len(captions)) < o.t_last_fraction] = T - 1
         return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
                 "noise_seed": int(rng.integers(2**62)), "renoise_seed": int(rng.integers(2**62))}
 
