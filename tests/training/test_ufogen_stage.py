@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pocketdiff.training.config import ConfigError, load_config
+from pocketdiff.training.config import ConfigError
+from pocketdiff.training.run import load_config
 from pocketdiff.training.stages.ufogen import TrainingCollapsedError, UFOGenStage
 
 
