@@ -37,46 +37,40 @@ def build_vae(
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
+    """A VAE directory, or a model directory's vae/ (strictly: pocketdiff.loading)."""
+    from pocketdiff.loading import load_component_dir
+
     path = Path(path)
-    if (path / "vae" / "config.json").is_file():
-        path = path / "vae"
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / "vae" / "config.json").is_file():
         raise ModelDirError(f"{path}: no VAE config.json (train one with `pocketdiff train vae`)")
-    return AutoencoderKL.from_pretrained(str(path))
+    return load_component_dir(path, "vae", ("AutoencoderKL", "SlimAutoencoderKL"))
 
 
 def load_flexunet(path: str | Path):
     """A UNet directory (or a model directory's unet/) as a FlexUNet; a diffusers UNet2DConditionModel is converted."""
     from pocketdiff.arch import FlexUNet, flexunet_from_diffusers
+    from pocketdiff.loading import load_component_dir
 
-    path = Path(path)
-    if (path / "unet" / "config.json").is_file():
-        path = path / "unet"
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path}: no config.json, not a UNet directory")
-    if json.loads((path / "config.json").read_text()).get("_class_name") == "FlexUNet":
-        return FlexUNet.from_pretrained(path)
-    return flexunet_from_diffusers(path)
+    unet = load_component_dir(path, "unet", ("FlexUNet", "UNet2DConditionModel"))
+    return unet if isinstance(unet, FlexUNet) else flexunet_from_diffusers(unet)
 
 
 def load_teacher(teacher_dir: str | Path, teacher_unet: str | Path | None = None):
     """A trained model directory as frozen training context: (scheduler config, tokenizer, {"teacher": FlexUNet,
     "vae", "text_encoder"}). The teacher must predict v; `teacher_unet` swaps in another UNet directory."""
-    from transformers import CLIPTextModel
-
+    from pocketdiff.loading import load_component, read_scheduler_config
     from pocketdiff.text.tokenizer import load_tokenizer
 
     root = Path(teacher_dir)
-    sched_file = next((root / "scheduler").glob("*.json"), None)
-    if sched_file is None:
+    if not (root / "scheduler").is_dir():
         raise ConfigError(f"options.teacher_dir: {root} has no scheduler/*.json (a trained model dir is needed)")
-    sched_config = json.loads(sched_file.read_text())
+    sched_config = read_scheduler_config(root)
     if sched_config.get("prediction_type") != "v_prediction":
         raise ConfigError(f"{root}: the teacher must predict v (SnapFusion fine-tunes it to v-prediction first), "
                           f"its scheduler says {sched_config.get('prediction_type')!r}")
     teacher = load_flexunet(teacher_unet or root / "unet").eval().requires_grad_(False)
     frozen = {"teacher": teacher, "vae": load_vae(root / "vae"),
-              "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"))}
+              "text_encoder": load_component(root, "text_encoder", "CLIPTextModel")}
     return sched_config, load_tokenizer(root / "tokenizer"), frozen
 
 

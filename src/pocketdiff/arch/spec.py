@@ -133,7 +133,9 @@ class ArchSpec:
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"no spec file at {path}")
-        text = path.read_text()
+        from ..loading import read_text
+
+        text = read_text(path, error=SpecError)
         try:
             if path.suffix in (".yaml", ".yml"):
                 import yaml

@@ -26,7 +26,14 @@ REFERENCE = "sd15"
 
 def resolve_spec(name: str, width: float = 1.0) -> ArchSpec:
     """A preset name, a spec file (.json/.yaml) or a saved FlexUNet / pipeline directory -> ArchSpec."""
+    from ..validation import check_float
+
+    check_float("--width", width, 0, 4, "the factor on every channel count", lo_open=True)
     if name in list_presets():
+        narrowest = min(get_spec(name).channels)
+        if narrowest * width < 8:
+            raise SpecError(f"--width {width:g}: {name}'s narrowest level ({narrowest} channels) would keep fewer than "
+                            f"8 channels; use --width >= {8 / narrowest:.3g}")
         return get_spec(name, width=width)
     path = Path(name)
     if path.is_dir():
@@ -43,6 +50,12 @@ def resolve_spec(name: str, width: float = 1.0) -> ArchSpec:
     if width != 1.0:
         raise SpecError(f"--width scales presets only; edit the channels of {path} instead")
     return spec
+
+
+def check_resolution(resolution: int) -> None:
+    from ..validation import check_int
+
+    check_int("--resolution", resolution, 8, 8192, "image pixels; the spec checks the multiple it needs")
 
 
 def _console():
@@ -66,6 +79,10 @@ def list_cmd(
     """Every preset with params, ResNet / self-attention / cross-attention counts, GFLOPs and the ratio to SD-1.5."""
     from rich.table import Table
 
+    from ..validation import check_output_file
+
+    check_resolution(resolution)
+    check_output_file("--json", json_path, (".json",))
     from ..io import write_json_atomic
     from ..profiling.flops import analyze
 
@@ -97,6 +114,10 @@ def show_cmd(
     """Channels, the blocks of every stage, block counts, params, MACs and GFLOPs of one forward."""
     from rich.table import Table
 
+    from ..validation import check_output_file
+
+    check_resolution(resolution)
+    check_output_file("--json", json_path, (".json",))
     from ..io import write_json_atomic
     from ..profiling.flops import analyze
 

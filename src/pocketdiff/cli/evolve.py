@@ -39,7 +39,13 @@ def evolve(
     """Evolve a UNet: remove the blocks with least quality per ms, then copy the most valuable (Algorithm 1)."""
     from pocketdiff.io import write_json_atomic
     from pocketdiff.profiling.lut import load_lut, predict_latency
+    from pocketdiff.validation import check_int, check_output_dir, check_output_file
 
+    check_output_file("--json", json_path, (".json",))
+    check_int("--group", group, 1)
+    check_int("--top", top, 1)
+    if not dry_run:
+        check_output_dir("--out", out)
     if dry_run:
         from pocketdiff.cli.arch import resolve_spec
         from pocketdiff.evolving import dry_run as rank

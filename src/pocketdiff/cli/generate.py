@@ -11,6 +11,7 @@ import typer
 
 from pocketdiff.errors import DataError
 from pocketdiff.io import write_json_atomic, write_png_atomic
+from pocketdiff.validation import check_int, check_output_dir, check_output_file
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = Path(os.environ.get("POCKETDIFF_MODEL", REPO / "models" / "shapes"))
@@ -32,6 +33,19 @@ def _device(name: str):
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DataError(f"--device {name}: MPS is not available here; use --device cpu")
     return device
+
+
+def _check_sampling(model: Path, steps: int | None, guidances: list[float], threads: int | None) -> None:
+    """Steps within the model's training schedule, guidance finite >= 0, threads >= 1: before any model loads."""
+    from pocketdiff.loading import read_scheduler_config
+    from pocketdiff.sampling.pipeline import check_sampling_options
+
+    check_int("--threads", threads, 1)
+    if not Path(model).is_dir():
+        raise DataError(f"--model {model}: no such model directory")
+    train_steps = read_scheduler_config(model).get("num_train_timesteps", 1000)
+    for g in guidances:
+        check_sampling_options(steps, g, train_steps)
 
 
 def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str, threads: int | None,
@@ -65,11 +79,13 @@ def generate(
     """Generate images from text."""
     from pocketdiff.training.loop import make_grid
 
+    from pocketdiff.loading import read_lines
+
+    check_output_file("--out", out, (".png",))
+    check_int("--cols", cols, 1)
     prompts = list(prompt or [])
     if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise DataError(f"--prompts-file {prompts_file} does not exist")
-        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+        prompts += read_lines(prompts_file, "--prompts-file")
     if not prompts:
         raise DataError('give a prompt ("a red circle left of a blue square") or --prompts-file FILE')
     from pocketdiff.evaluation.demo import default_variant
@@ -77,9 +93,10 @@ def generate(
     # without --unet, the model's default row in demo.json (shipped: the 8-step student) fills the unset options
     default = default_variant(model) if unet is None else {}
     unet, vae = unet or default.get("unet"), vae or default.get("vae")
-    steps = steps or default.get("steps", 50)
+    steps = steps if steps is not None else default.get("steps", 50)
     guidance = guidance if guidance is not None else default.get("guidance", 3.0)
     scheduler = scheduler or default.get("scheduler", "ddim")
+    _check_sampling(model, steps, [guidance], threads)
     pipe = _pipe(model, unet, vae, scheduler, threads, device)
     gen = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
     image = gen.images[0] if len(prompts) == 1 else make_grid(gen.images, cols=cols)
@@ -89,7 +106,6 @@ def generate(
     typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; wrote {out} ({len(prompts)} image(s)); "
                f"text encoder {t.text_encoder:.0f} ms, UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), "
                f"decoder {t.decoder:.0f} ms")
-
 
 
 def eval_cmd(
@@ -112,13 +128,20 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from pocketdiff.evaluation.suite import evaluate_pipeline
+    from pocketdiff.evaluation.suite import evaluate_pipeline, load_prompts
     from pocketdiff.evaluation.sweep import parse_floats
 
+    check_int("--limit", limit, 1)
+    check_output_file("--json", json_path, (".json",))
+    check_output_dir("--save-images", save_images)
+    guidances = parse_floats(guidance)
+    _check_sampling(model, steps, guidances, threads)
+    for pset in prompts:
+        load_prompts(pset, limit)  # a missing or unreadable prompts file fails now, not after the first set
     pipe = _pipe(model, unet, vae, scheduler, threads, device)
     results = []
     for pset in prompts:
-        for g in parse_floats(guidance):
+        for g in guidances:
             sub = None if save_images is None else save_images / f"{Path(pset).stem}_w{g:g}"
             r = evaluate_pipeline(pipe, pset, steps, g, scheduler, seed, limit, clip_model_dir=model, save_images=sub)
             results.append(r.as_dict())
@@ -153,8 +176,14 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from pocketdiff.evaluation.demo import run_demo
+    from pocketdiff.evaluation.demo import demo_variants, run_demo
 
+    check_int("--n", n, 1, why="held-out prompts per set")
+    check_output_dir("--out", out)
+    check_output_file("--json", json_path, (".json",))
+    variants = demo_variants(model)
+    for variant in variants:
+        _check_sampling(model, variant["steps"], [variant["guidance"]], threads)
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)

@@ -118,6 +118,18 @@ def profile(
     from ..profiling.lut import build_lut
     from .arch import _console, resolve_spec
 
+    from ..validation import OptionError, check_int, check_output_file
+    from .arch import check_resolution
+
+    check_resolution(resolution)
+    check_int("--runs", runs, 1)
+    check_int("--warmup", warmup, 0)
+    check_int("--threads", threads, 1)
+    if backend not in ("torch", "onnxruntime"):
+        raise OptionError(f"--backend {backend!r}: choose torch or onnxruntime")
+    check_output_file("--json", json_path, (".json",))
+    check_output_file("--lut", lut, (".json",))
+    check_output_file("--plot", plot, (".png",))
     specs = [resolve_spec(n, width) for n in names]  # fail on a bad name before any timing
     threads = threads or default_threads()
     con = _console()

@@ -35,6 +35,10 @@ def decoder_cmd(
     from pocketdiff.pruning.decoder import (IMPORTANCES, PruningError, check_prunable, prune_decoder,
                                             pruning_report, resolve_vae, save_vae)
 
+    from pocketdiff.validation import check_output_dir, check_output_file
+
+    check_output_dir("--out", out)
+    check_output_file("--json", json_path, (".json",))
     if importance not in IMPORTANCES:  # before loading anything
         raise PruningError(f"--importance {importance!r}: choose one of {', '.join(IMPORTANCES)}")
     if not 0.0 < ratio < 1.0:

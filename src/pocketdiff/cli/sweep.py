@@ -67,6 +67,12 @@ def sweep(
     from pocketdiff.evaluation.sweep import parse_floats, plot_sweep, table_rows
     from pocketdiff.sampling.pipeline import SCHEDULERS
 
+    from pocketdiff.validation import check_int, check_output_file
+
+    check_int("--limit", limit, 1)
+    check_int("--threads", threads, 1)
+    check_output_file("--json", json_path, (".json",))
+    check_output_file("--plot", plot, (".png",))
     parsed = [parse_model(m) for m in model]
     n = len(parsed)
     steps, scheduler = _per_model(steps, n, "--steps"), _per_model(scheduler, n, "--scheduler")

@@ -22,7 +22,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def _read_jsonl(path: Path) -> dict[str, str]:
     captions = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    from pocketdiff.loading import read_text
+
+    for n, line in enumerate(read_text(path, error=DataError).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -34,11 +36,23 @@ def _read_jsonl(path: Path) -> dict[str, str]:
 
 
 def _read_csv(path: Path) -> dict[str, str]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: needs a header with columns file,caption, got {reader.fieldnames}")
+    import io
+
+    from pocketdiff.loading import read_text
+
+    reader = csv.DictReader(io.StringIO(read_text(path, error=DataError), newline=""))
+    if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
+        raise DataError(f"{path}: needs a header with columns file,caption, got {reader.fieldnames}")
+    try:
         return {row["file"]: row["caption"] for row in reader}
+    except csv.Error as e:
+        raise DataError(f"{path}: not valid CSV ({e})") from None
+
+
+def _read_caption(path: Path) -> str:
+    from pocketdiff.loading import read_text
+
+    return read_text(path, error=DataError).strip()
 
 
 def _check_image(path: Path) -> None:
@@ -79,7 +93,7 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
             table = _read_csv(self.root / "captions.csv")
         else:
             table = {
-                p.name: p.with_suffix(".txt").read_text(encoding="utf-8").strip()
+                p.name: _read_caption(p.with_suffix(".txt"))
                 for p in images
                 if p.with_suffix(".txt").exists()
             }

@@ -6,7 +6,6 @@ up as `report.md` with image grids (what `pocketdiff demo` runs).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +49,30 @@ def run_demo(model: Path, n: int, out: Path, device=None) -> list[dict]:
 def demo_variants(model: Path) -> list[dict]:
     """The rows of the demo table, from `MODEL/demo.json` (each stage that ships a model adds its row there: name,
     steps, guidance, scheduler, and optionally unet/vae subdirectories); without it, the teacher at 50 DDIM steps."""
+    from pocketdiff.errors import DataError
+    from pocketdiff.loading import read_json
+
     index = model / "demo.json"
     if not index.is_file():
         return [{"name": "teacher", "steps": 50, "guidance": 3.0, "scheduler": "ddim"}]
+    data = read_json(index)
+    if not isinstance(data, list) or not data:
+        raise DataError(f"{index}: expected a non-empty list of rows (name, steps, guidance[, scheduler, unet, vae])")
     rows = []
-    for r in json.loads(index.read_text()):
+    for i, r in enumerate(data):
+        ok = isinstance(r, dict) and isinstance(r.get("name"), str) and r["name"] and \
+            isinstance(r.get("steps"), int) and not isinstance(r.get("steps"), bool) and \
+            isinstance(r.get("guidance"), int | float) and not isinstance(r.get("guidance"), bool) and \
+            all(isinstance(r.get(k), str | None) for k in ("unet", "vae", "scheduler"))
+        if not ok:
+            raise DataError(f"{index}: row {i} is not a valid demo row ({r!r}); each row needs name (text), steps "
+                            "(integer), guidance (number), and optionally scheduler, unet, vae (text)")
         r = {"scheduler": "ddim", **r}
         for k in ("unet", "vae"):
             if r.get(k):
                 r[k] = model / r[k]
+                if not r[k].is_dir():
+                    raise DataError(f"{index}: row {i} ({r['name']}): {k} {r[k]} does not exist")
         rows.append(r)
     return rows
 

@@ -26,14 +26,18 @@ def load_prompts(name_or_file: str, limit: int | None = None) -> tuple[list[str]
         pairs = heldout_prompts(name_or_file)
         prompts, scenes = [p for p, _ in pairs], [s for _, s in pairs]
     else:
+        from ..loading import read_lines
+
         path = Path(name_or_file)
         if not path.is_file():
             raise DataError(f"--prompts {name_or_file!r} is neither a prompt set ({', '.join(PROMPT_SETS)}) nor a file")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        prompts = read_lines(path, "--prompts")
         if not prompts:
             raise DataError(f"{path} has no prompts (one per line)")
         scenes = [None] * len(prompts)
-    if limit:
+    if limit is not None:
+        if limit < 1:
+            raise DataError(f"--limit {limit}: must be >= 1 (the number of prompts to use)")
         prompts, scenes = prompts[:limit], scenes[:limit]
     return prompts, scenes
 
@@ -111,7 +115,7 @@ def evaluate_pipeline(pipe, prompt_set: str = "heldout-single", steps: int = 50,
                 subsets[name] = {"n": int(mask.sum()), "accuracy": float(correct[mask].mean())}
     real = real_images(scenes)
     fid = None
-    if real is not None:
+    if real is not None and n >= 2:  # FID needs two images or more on each side; one image gets none
         from ..evaluation.fid import domain_fid
 
         fid = float(domain_fid(real, images))

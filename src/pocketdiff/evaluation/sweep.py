@@ -10,15 +10,25 @@ from pocketdiff.io import atomic_path
 
 def parse_floats(values: list[str]) -> list[float]:
     """'1,2,3' or '1.0:10.5:0.5' (start:stop:step, inclusive) or repeated options."""
+    from pocketdiff.validation import OptionError
+
     out = []
     for v in values:
         for part in v.split(","):
-            if ":" in part:
-                a, b, s = (float(x) for x in part.split(":"))
-                n = int(round((b - a) / s))
-                out += [round(a + i * s, 6) for i in range(n + 1)]
-            elif part:
-                out.append(float(part))
+            try:
+                if ":" in part:
+                    a, b, s = (float(x) for x in part.split(":"))
+                    if not s > 0 or not b >= a or (b - a) / s > 1000:
+                        raise ValueError
+                    n = int(round((b - a) / s))
+                    out += [round(a + i * s, 6) for i in range(n + 1)]
+                elif part.strip():
+                    out.append(float(part))
+            except ValueError:
+                raise OptionError(f"--guidance {v!r}: expected numbers: 3 | 1,3,7.5 | START:STOP:STEP (STEP > 0, "
+                                  "STOP >= START)") from None
+    if not out:
+        raise OptionError(f"--guidance {','.join(values)!r}: no value given")
     return out
 
 

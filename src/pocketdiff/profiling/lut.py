@@ -22,7 +22,6 @@ graph's fusion and memory planning: 28.0 vs 19.7 s), so use them to rank blocks,
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -105,12 +104,11 @@ def load_lut(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise LutError(f"no lookup table at {path} (write one with `pocketdiff profile NAME --lut {path}`)")
-    try:
-        lut = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LutError(f"{path} is not valid JSON: {e}") from e
+    from ..loading import read_json
+
+    lut = read_json(path, error=LutError)
     for k in ("entries", "overhead", "resolution"):
-        if k not in lut:
+        if not isinstance(lut, dict) or k not in lut:
             raise LutError(f"{path} is not a latency lookup table (no '{k}')")
     return lut
 

@@ -204,10 +204,9 @@ def load_vae_dir(path: str | Path) -> AutoencoderKL:
             raise ModelDirError(f"{weights}: no decoder weights (no 'decoder.*' tensors): nothing to prune or decode")
     elif not any(path.glob("diffusion_pytorch_model*")):
         raise ModelDirError(f"{path}: no weights (diffusion_pytorch_model.safetensors)")
-    try:
-        return vae_class(path).from_pretrained(str(path))
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ModelDirError(f"{path}: cannot load the VAE ({str(e).splitlines()[0]})") from None
+    from pocketdiff.loading import load_component
+
+    return load_component(path.parent, path.name, ("AutoencoderKL", "SlimAutoencoderKL"))
 
 
 def sd15_vae(seed: int = 0) -> AutoencoderKL:

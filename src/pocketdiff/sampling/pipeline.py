@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
 from ..errors import DataError, ModelDirError
 from ..io import write_text_atomic
@@ -42,6 +43,20 @@ def make_scheduler(name: str, config: dict):
         known = set(inspect.signature(UFOGenScheduler.__init__).parameters)  # the schedule's keys, not DDIM's options
         return UFOGenScheduler.from_config({k: v for k, v in config.items() if k in known or k.startswith("_")})
     raise DataError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+class NonFiniteError(DataError):
+    """Sampling produced NaN / inf: nothing is written."""
+
+
+def check_sampling_options(steps, guidance: float, train_steps: int = 1000) -> None:
+    """The sampler's domain, checked before any work: 1 <= steps <= the schedule's training steps, guidance a finite
+    number >= 0 (w in u + w (c - u): 0 is unconditional, 1 is no guidance)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= train_steps:
+        raise DataError(f"--steps {steps}: must be an integer from 1 to {train_steps} (the scheduler's training steps)")
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not math.isfinite(guidance) \
+            or guidance < 0:
+        raise DataError(f"--guidance {guidance}: must be a finite number >= 0 (1 = no guidance; typical 2-8)")
 
 
 @dataclass
@@ -96,9 +111,8 @@ class TextToImagePipeline(DiffusionPipeline):
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise DataError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        if num_inference_steps < 1:
-            raise DataError(f"steps must be >= 1, got {num_inference_steps}")
         sched = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
+        check_sampling_options(num_inference_steps, guidance_scale, sched.config.num_train_timesteps)
         t_ = Timings()
         cfg = guidance_scale != 1.0
 
@@ -130,6 +144,10 @@ class TextToImagePipeline(DiffusionPipeline):
                 out = uncond + guidance_scale * (cond - uncond)
             latents = sched.step(out, t, latents, **step_kwargs).prev_sample
         t_.unet_total = 1e3 * (synced_clock(self.device) - t0)
+        if not torch.isfinite(latents).all():  # NaN guidance or corrupt weights: refuse, never a black image
+            raise NonFiniteError(f"the denoised latents are non-finite (NaN/inf) after {num_inference_steps} steps at "
+                                 f"guidance {guidance_scale:g}: the UNet or text-encoder weights are corrupt; "
+                                 "no image was written")
         if not decode:
             return Generation(images=latents.float().cpu().numpy(), timings=t_)
 
@@ -143,16 +161,18 @@ class TextToImagePipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         from ..data.shapes import to_uint8
 
-        return to_uint8(self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample)
+        pixels = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        if not torch.isfinite(pixels).all():  # would be written as a black image
+            raise NonFiniteError("the decoder produced non-finite pixels: the VAE weights are corrupt (NaN/inf); "
+                                 "no image was written")
+        return to_uint8(pixels)
 
 
 def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae_dir: str | Path | None = None,
                   scheduler: str = "ddim") -> TextToImagePipeline:
     """Load a model directory (shapes world or Stable Diffusion 1.5, diffusers layout). `unet_dir`/`vae_dir`
     swap in another UNet (e.g. a distilled student) or decoder. Errors name the missing component."""
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    from ..arch.unet import FlexUNet
+    from ..loading import load_component, load_tokenizer_dir, read_scheduler_config
 
     root = Path(model_dir)
     if not root.is_dir():
@@ -161,24 +181,13 @@ def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae
     if missing:
         raise ModelDirError(f"{root} is missing component(s) {missing}: a model directory needs {list(COMPONENTS)}")
 
-    def load_unet(path: Path):
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise ModelDirError(f"{path} has no config.json: not a UNet directory")
-        cls_name = json.loads(cfg_file.read_text()).get("_class_name")
-        return (FlexUNet if cls_name == "FlexUNet" else UNet2DConditionModel).from_pretrained(path)
-
-    for c in ("vae", "text_encoder", "scheduler"):
-        if not any((root / c).glob("*.json")):
-            raise ModelDirError(f"{root / c} has no config: the {c} component is incomplete")
-    unet = load_unet(Path(unet_dir) if unet_dir else root / "unet")
-    from ..pruning.decoder import vae_class  # AutoencoderKL, or SlimAutoencoderKL for a pruned / tiny decoder
-
-    vae_path = Path(vae_dir) if vae_dir else root / "vae"
-    vae = vae_class(vae_path).from_pretrained(vae_path)
-    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder")
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    sched_cfg = json.loads(next((root / "scheduler").glob("*.json")).read_text())
+    # every component through from_pretrained(subfolder=...), strictly (pocketdiff.loading): errors name the file
+    sched_cfg = read_scheduler_config(root)
+    unet_path, vae_path = Path(unet_dir or root / "unet"), Path(vae_dir or root / "vae")
+    unet = load_component(unet_path.parent, unet_path.name, ("FlexUNet", "UNet2DConditionModel"))
+    vae = load_component(vae_path.parent, vae_path.name, ("AutoencoderKL", "SlimAutoencoderKL"))
+    text_encoder = load_component(root, "text_encoder", ("CLIPTextModel",))
+    tokenizer = load_tokenizer_dir(root, "tokenizer")
     pipe = TextToImagePipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
                                scheduler=make_scheduler(scheduler, sched_cfg))
     return pipe

@@ -125,7 +125,9 @@ def load_clip(model_dir: str | Path) -> tuple[PreTrainedTokenizerFast, CLIPTextM
     for sub in ("tokenizer", "text_encoder", "clip_image"):
         if not (model_dir / sub).is_dir():
             raise ModelDirError(f"{model_dir}: no {sub}/ (train it with `pocketdiff train clip`)")
+    from ..loading import load_component
+
     tokenizer = load_tokenizer(model_dir / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(str(model_dir / "text_encoder")).eval()
-    image = CLIPImageTower.from_pretrained(str(model_dir / "clip_image")).eval()
+    text_encoder = load_component(model_dir, "text_encoder", "CLIPTextModel")
+    image = load_component(model_dir, "clip_image", "CLIPImageTower")
     return tokenizer, text_encoder, image

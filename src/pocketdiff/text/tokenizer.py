@@ -77,12 +77,14 @@ def _split(backend: Tokenizer, text: str) -> list[tuple[str, tuple[int, int]]]:
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load from a `tokenizer/` folder or from a model directory that contains one."""
+    from ..loading import load_tokenizer_dir
+
     path = Path(path)
     if (path / "tokenizer" / "tokenizer.json").is_file():
         path = path / "tokenizer"
     if not (path / "tokenizer.json").is_file():
         raise ModelDirError(f"{path}: no tokenizer.json (run `pocketdiff train tokenizer` or pass a model directory)")
-    return PreTrainedTokenizerFast.from_pretrained(str(path))
+    return load_tokenizer_dir(path.parent, path.name, PreTrainedTokenizerFast)
 
 
 def tokenize_prompts(tokenizer: PreTrainedTokenizerFast, prompts: str | Sequence[str], warn: bool = True) -> torch.Tensor:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from pocketdiff.errors import ConfigError, UnknownPresetError
 
@@ -181,7 +180,9 @@ def parse_set(items: list[str] | None) -> dict:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+        from pocketdiff.loading import parse_yaml_value
+
+        node[leaf] = parse_yaml_value(raw, f"--set {key}", ConfigError)
     return out
 
 
@@ -190,10 +191,9 @@ def read_config_dict(path: str | Path, preset: str | None = None, overrides: dic
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    from pocketdiff.loading import read_yaml
+
+    raw = read_yaml(path, error=ConfigError) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
     presets = raw.pop("presets", None) or {}

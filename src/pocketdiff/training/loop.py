@@ -43,11 +43,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from pocketdiff.errors import PocketDiffError, WeightsError
-from pocketdiff.io import fsync_dir, publish_dir, recover_dir, write_png_atomic, write_text_atomic
+from pocketdiff.io import fsync_dir, recover_dir, write_png_atomic, write_text_atomic
 from pocketdiff.training.config import TrainConfig
 
 CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD = "checkpoint", "ckpt.tmp", "checkpoint.old"
@@ -190,7 +190,17 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer,
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer) -> dict:
-    """Restore weights (safetensors), optimizer (torch.load weights_only=True) and RNG; return state.json."""
+    """Restore weights (safetensors), optimizer (torch.load weights_only=True: plain tensors and containers only,
+    no arbitrary unpickling) and RNG; return state.json. A missing, truncated or corrupt file is named."""
+    from pocketdiff.loading import check_safetensors, load_safetensors, read_json
+
+    fix = "use a new --out or drop --resume"
+    state = read_json(ckpt / "state.json", error=WeightsError)
+    if not isinstance(state, dict) or not {"step", "elapsed_s", "numpy_rng"} <= set(state):
+        raise WeightsError(f"{ckpt / 'state.json'}: not a checkpoint state (corrupt?); {fix}")
+    names = ["model.safetensors", "rng.safetensors"] + (["ema.safetensors"] if (ckpt / "ema.safetensors").is_file() else [])
+    for name in names:
+        check_safetensors(ckpt / name)
     try:
         load_model(model, str(ckpt / "model.safetensors"))
         if ema is not None:
@@ -198,16 +208,25 @@ def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer) ->
                 load_model(ema.model, str(ckpt / "ema.safetensors"))
             else:
                 ema.model.load_state_dict(model.state_dict())
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     except (RuntimeError, ValueError, KeyError) as e:
-        raise WeightsError(f"{ckpt}: checkpoint does not fit this config ({e}); use a new --out or drop --resume") from None
-    rng = load_file(str(ckpt / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
+        raise WeightsError(f"{ckpt}: checkpoint does not fit this config ({e}); {fix}") from None
+    try:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - a truncated/corrupt pickle raises many types
+        raise WeightsError(f"{ckpt / 'optimizer.pt'}: cannot be read or does not fit this config "
+                           f"({' '.join(str(e).split())[:200]}); {fix}") from None
+    rng = load_safetensors(ckpt / "rng.safetensors")
+    if "torch_cpu" not in rng or rng["torch_cpu"].dtype != torch.uint8:
+        raise WeightsError(f"{ckpt / 'rng.safetensors'}: no torch RNG state (corrupt?); {fix}")
+    try:
+        torch.set_rng_state(rng["torch_cpu"])
+    except RuntimeError as e:
+        raise WeightsError(f"{ckpt / 'rng.safetensors'}: not a valid RNG state ({e}); {fix}") from None
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
-    return json.loads((ckpt / "state.json").read_text())
+    return state
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -267,8 +286,15 @@ class _JsonLog:
             return
         if resume_step is None:
             path.write_text("")
-        elif path.exists():  # drop rows logged after the checkpoint we resume from
-            rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= resume_step]
+        elif path.exists():  # drop rows logged after the checkpoint we resume from, and a line torn by a kill
+            rows = []
+            for r in path.read_text(errors="replace").splitlines():
+                try:
+                    row = json.loads(r)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= resume_step:
+                    rows.append(r)
             write_text_atomic(path, "".join(r + "\n" for r in rows))
 
     def write(self, row: dict) -> None:
@@ -355,12 +381,19 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
     The run directory is locked for the run (a second trainer on it gets `RunDirBusyError`); a non-finite loss,
     gradient norm or weight stops the run with `DivergedError` (nothing exported)."""
     run_dir = Path(out_dir) if out_dir is not None else cfg.run_dir
+    new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     recover_dir(Path(cfg.export_dir))  # a crash inside publish_dir's fallback (non-Linux) left NAME.old
     if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process holds the lock
         return _train(stage, cfg, run_dir, resume)
-    with _RunDirLock(run_dir):
-        return _train(stage, cfg, run_dir, resume)
+    try:
+        with _RunDirLock(run_dir):
+            return _train(stage, cfg, run_dir, resume)
+    except PocketDiffError as e:
+        # bad input found while building (a data folder, a model directory): leave no half-made run directory
+        if new and not isinstance(e, (DivergedError, RunDirBusyError)) and find_checkpoint(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
@@ -404,7 +437,10 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         if ckpt is not None:
             state = load_checkpoint(ckpt, accelerator.unwrap_model(model), ema, optimizer)
             step, elapsed = state["step"], state["elapsed_s"]
-            rng.bit_generator.state = state["numpy_rng"]
+            try:
+                rng.bit_generator.state = state["numpy_rng"]
+            except (TypeError, ValueError, KeyError) as e:
+                raise WeightsError(f"{ckpt / 'state.json'}: corrupt numpy RNG state ({e}); use a new --out") from None
         log = _JsonLog(run_dir / "log.jsonl", step if ckpt is not None else None, main)
 
         def checkpoint() -> None:

@@ -51,9 +51,16 @@ def run_stage(
     The export goes inside the run directory (`default_export_dir`) unless `overrides` name an `export_dir` (the
     CLI's `--export PATH` / `--set export_dir=PATH`): a config's `export_dir` (the shipped configs name the shipped
     model) only names the component, so no run replaces a shipped model unless the user asks for it."""
+    from pocketdiff.validation import check_output_dir, check_output_file
+
     stage_cls = get_stage(name)
+    check_output_dir("--out", out)  # outputs checked before anything loads or trains
+    check_output_file("--json", json_path, (".json",))
+    if (overrides or {}).get("export_dir") is not None:
+        check_output_dir("--export", overrides["export_dir"])
     config = Path(config) if config is not None else Path(f"configs/shapes/{name}.yaml")
     cfg = load_config(config, preset, overrides)  # validates options against the stage the file names
+    check_output_dir("--out", out if out is not None else cfg.run_dir)
     if cfg.stage != name:
         raise ConfigError(f"{config}: stage: {cfg.stage!r}, but this command trains {name!r}")
     stage = stage_cls(cfg)  # a stage may fill in its export_dir (distill: "{teacher_dir}/unet_s{student_steps}")

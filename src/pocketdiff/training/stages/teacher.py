@@ -75,13 +75,12 @@ class TeacherStage(Stage):
     def build_frozen(self):
         if getattr(self, "_frozen", None) is not None:
             return self._frozen
-        from transformers import CLIPTextModel
-
+        from pocketdiff.loading import load_component
         from pocketdiff.text.tokenizer import load_tokenizer
 
         root = Path(self.opts.model_dir)
         self.tokenizer = load_tokenizer(root / "tokenizer")
-        self._frozen = {"vae": load_vae(root / "vae"), "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"))}
+        self._frozen = {"vae": load_vae(root / "vae"), "text_encoder": load_component(root, "text_encoder", "CLIPTextModel")}
         return self._frozen
 
     def build(self):
@@ -96,7 +95,9 @@ class TeacherStage(Stage):
         self.dataset = open_dataset(self.opts.data)
         unet = FlexUNet.from_spec(spec)
         if self.opts.init_unet:
-            unet.load_weights(FlexUNet.from_pretrained(self.opts.init_unet).state_dict())
+            from pocketdiff.loading import load_component_dir
+
+            unet.load_weights(load_component_dir(self.opts.init_unet, "unet", "FlexUNet").state_dict())
         return {"unet": unet}
 
     # ------------------------------------------------------------------ training
