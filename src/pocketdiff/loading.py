@@ -128,22 +128,14 @@ def load_safetensors(file: str | Path) -> dict:
 # --------------------------------------------------------------------------------------------- model components
 
 
-def _component_class(cfg: dict, directory: Path):
-    """The class that loads a component directory, from its config.json (`_class_name` or `architectures`)."""
+def _component_class(cfg: dict, directory: Path, classes):
+    """The class that loads a component directory, from its config.json (`_class_name` or `architectures`): one of
+    `classes` (the project's own, passed by the caller: this layer imports no model module) or diffusers' /
+    transformers' own."""
     name = cfg.get("_class_name") or (cfg.get("architectures") or [None])[0]
-    if name == "FlexUNet":
-        from .arch.unet import FlexUNet
-
-        return FlexUNet
-    if name == "CLIPImageTower":
-        from .text.clip import CLIPImageTower
-
-        return CLIPImageTower
-    if name in ("AutoencoderKL", "SlimAutoencoderKL"):
-        from .pruning.decoder import SlimAutoencoderKL
-
-        if name == "SlimAutoencoderKL":
-            return SlimAutoencoderKL
+    for cls in classes or ():
+        if cls.__name__ == name:
+            return cls
     if name in ("UNet2DConditionModel", "AutoencoderKL"):
         import diffusers
 
@@ -162,9 +154,12 @@ def _keys_summary(kind: str, keys) -> str:
     return f"{len(keys)} {kind} key{'s' if len(keys) != 1 else ''}, e.g. {', '.join(keys[:3])}"
 
 
-def load_component(root: str | Path, subfolder: str | None = None, expect: str | tuple[str, ...] | None = None):
+def load_component(root: str | Path, subfolder: str | None = None, expect: str | tuple[str, ...] | None = None,
+                   classes: tuple = ()):
     """The component in `root/subfolder` (or `root` itself), through `Class.from_pretrained(root, subfolder=...)`,
-    loaded strictly (see the module docstring). `expect`: accepted `_class_name`s (e.g. "FlexUNet")."""
+    loaded strictly (see the module docstring). `expect`: accepted `_class_name`s (e.g. "FlexUNet"); `classes`: the
+    project's model classes it may hold (FlexUNet, SlimAutoencoderKL, CLIPImageTower), diffusers' and transformers'
+    (UNet2DConditionModel, AutoencoderKL, CLIPTextModel) are known."""
     from .io import recover_dir
 
     root = Path(root)
@@ -179,7 +174,7 @@ def load_component(root: str | Path, subfolder: str | None = None, expect: str |
     cfg = read_json(cfg_file, error=ModelDirError)
     if not isinstance(cfg, dict):
         raise ModelDirError(f"{cfg_file}: expected a JSON object")
-    cls = _component_class(cfg, directory)
+    cls = _component_class(cfg, directory, classes)
     if expect is not None:
         names = (expect,) if isinstance(expect, str) else expect
         if cls.__name__ not in names:
@@ -222,12 +217,13 @@ def load_component(root: str | Path, subfolder: str | None = None, expect: str |
     return model.eval()
 
 
-def load_component_dir(path: str | Path, component: str, expect: str | tuple[str, ...] | None = None):
+def load_component_dir(path: str | Path, component: str, expect: str | tuple[str, ...] | None = None,
+                       classes: tuple = ()):
     """`path` is a component directory, or a model directory holding `component/`: load that component."""
     path = Path(path)
-    if (path / component / "config.json").is_file() or not path.exists():
-        return load_component(path, component, expect) if path.exists() else load_component(path.parent, path.name)
-    return load_component(path.parent, path.name, expect)
+    if (path / component / "config.json").is_file():
+        return load_component(path, component, expect, classes)
+    return load_component(path.parent, path.name, expect, classes)
 
 
 def load_tokenizer_dir(root: str | Path, subfolder: str | None = "tokenizer", cls=None):

@@ -39,11 +39,12 @@ def build_vae(
 def load_vae(path: str | Path) -> AutoencoderKL:
     """A VAE directory, or a model directory's vae/ (strictly: pocketdiff.loading)."""
     from pocketdiff.loading import load_component_dir
+    from pocketdiff.pruning.decoder import SlimAutoencoderKL
 
     path = Path(path)
     if not (path / "config.json").is_file() and not (path / "vae" / "config.json").is_file():
         raise ModelDirError(f"{path}: no VAE config.json (train one with `pocketdiff train vae`)")
-    return load_component_dir(path, "vae", ("AutoencoderKL", "SlimAutoencoderKL"))
+    return load_component_dir(path, "vae", ("AutoencoderKL", "SlimAutoencoderKL"), (SlimAutoencoderKL,))
 
 
 def load_flexunet(path: str | Path):
@@ -51,7 +52,7 @@ def load_flexunet(path: str | Path):
     from pocketdiff.arch import FlexUNet, flexunet_from_diffusers
     from pocketdiff.loading import load_component_dir
 
-    unet = load_component_dir(path, "unet", ("FlexUNet", "UNet2DConditionModel"))
+    unet = load_component_dir(path, "unet", ("FlexUNet", "UNet2DConditionModel"), (FlexUNet,))
     return unet if isinstance(unet, FlexUNet) else flexunet_from_diffusers(unet)
 
 

@@ -206,7 +206,7 @@ def load_vae_dir(path: str | Path) -> AutoencoderKL:
         raise ModelDirError(f"{path}: no weights (diffusion_pytorch_model.safetensors)")
     from pocketdiff.loading import load_component
 
-    return load_component(path.parent, path.name, ("AutoencoderKL", "SlimAutoencoderKL"))
+    return load_component(path.parent, path.name, ("AutoencoderKL", "SlimAutoencoderKL"), (SlimAutoencoderKL,))
 
 
 def sd15_vae(seed: int = 0) -> AutoencoderKL:

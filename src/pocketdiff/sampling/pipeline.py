@@ -172,7 +172,9 @@ def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae
                   scheduler: str = "ddim") -> TextToImagePipeline:
     """Load a model directory (shapes world or Stable Diffusion 1.5, diffusers layout). `unet_dir`/`vae_dir`
     swap in another UNet (e.g. a distilled student) or decoder. Errors name the missing component."""
+    from ..arch.unet import FlexUNet
     from ..loading import load_component, load_tokenizer_dir, read_scheduler_config
+    from ..pruning.decoder import SlimAutoencoderKL
 
     root = Path(model_dir)
     if not root.is_dir():
@@ -184,8 +186,8 @@ def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae
     # every component through from_pretrained(subfolder=...), strictly (pocketdiff.loading): errors name the file
     sched_cfg = read_scheduler_config(root)
     unet_path, vae_path = Path(unet_dir or root / "unet"), Path(vae_dir or root / "vae")
-    unet = load_component(unet_path.parent, unet_path.name, ("FlexUNet", "UNet2DConditionModel"))
-    vae = load_component(vae_path.parent, vae_path.name, ("AutoencoderKL", "SlimAutoencoderKL"))
+    unet = load_component(unet_path.parent, unet_path.name, ("FlexUNet", "UNet2DConditionModel"), (FlexUNet,))
+    vae = load_component(vae_path.parent, vae_path.name, ("AutoencoderKL", "SlimAutoencoderKL"), (SlimAutoencoderKL,))
     text_encoder = load_component(root, "text_encoder", ("CLIPTextModel",))
     tokenizer = load_tokenizer_dir(root, "tokenizer")
     pipe = TextToImagePipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,

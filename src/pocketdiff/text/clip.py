@@ -129,5 +129,5 @@ def load_clip(model_dir: str | Path) -> tuple[PreTrainedTokenizerFast, CLIPTextM
 
     tokenizer = load_tokenizer(model_dir / "tokenizer")
     text_encoder = load_component(model_dir, "text_encoder", "CLIPTextModel")
-    image = load_component(model_dir, "clip_image", "CLIPImageTower")
+    image = load_component(model_dir, "clip_image", "CLIPImageTower", (CLIPImageTower,))
     return tokenizer, text_encoder, image

@@ -97,7 +97,7 @@ class TeacherStage(Stage):
         if self.opts.init_unet:
             from pocketdiff.loading import load_component_dir
 
-            unet.load_weights(load_component_dir(self.opts.init_unet, "unet", "FlexUNet").state_dict())
+            unet.load_weights(load_component_dir(self.opts.init_unet, "unet", "FlexUNet", (FlexUNet,)).state_dict())
         return {"unet": unet}
 
     # ------------------------------------------------------------------ training
