@@ -53,22 +53,40 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     none and never half of one; on any exception remove it and re-raise."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    recover_dir(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        mode = _new_file_mode(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                f.chmod(mode)
-                _fsync(f)
-        for d in [*(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
-            _fsync(d)
-        publish_dir(tmp, path)
-    except BaseException:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _dir_lock(path.parent):  # concurrent writers of one directory take turns: the last complete one wins
+        recover_dir(path)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        tmp.mkdir()
+        try:
+            yield tmp
+            mode = _new_file_mode(tmp)
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    f.chmod(mode)
+                    _fsync(f)
+            for d in [*(d for d in tmp.rglob("*") if d.is_dir()), tmp]:
+                _fsync(d)
+            publish_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+@contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on `directory` itself (POSIX; no lock file left behind; released if the holder dies)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def publish_dir(new: str | Path, path: str | Path) -> None:
