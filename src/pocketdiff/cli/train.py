@@ -11,7 +11,8 @@
 
 Checkpoints and log.jsonl go to --out (default: the config's out_dir, else runs/<stage>/); the final component to
 --export if given, else inside the run directory (RUN/export/NAME, NAME the last part of the config's export_dir):
-a run never replaces a shipped model unless that directory is named with --export. Bad input raises PocketDiffError subclasses (the main CLI maps them to exit 2).
+a run never replaces a shipped model unless that directory is named with --export. Bad input raises PocketDiffError
+subclasses (the main CLI maps them to exit 2).
 
 OMP_WAIT_POLICY=PASSIVE is set here (if unset) because OpenMP reads it when torch is first imported; with the
 default spin-waiting a 2-core machine shared with another process slows 3-8x (shared/reference/measured.md).
