@@ -195,7 +195,7 @@ CASES = [
          r"\(0, 1\)", outputs=["{t}/p"]),
     Case("prune-out-is-file", ["prune", "decoder", "--vae", "{m}", "--out", "{t}/f"], r"--out .*exists and is not a "
          "directory", _write("{t}/f", "x")),
-    Case("distill-teacher-missing", ["distill", "steps", "--teacher", "{t}/none", "--preset", "quick", "--out",
+    Case("distill-teacher-missing", ["train", "distill", "--teacher", "{t}/none", "--preset", "quick", "--out",
                                      "{t}/run"], r"none", outputs=["{t}/run/export"]),
 ]
 
