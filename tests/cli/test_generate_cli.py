@@ -147,3 +147,31 @@ def test_plot_ablations_draws_the_columns_it_has(tmp_path):
     bad = subprocess.run([sys.executable, str(script), str(src), "--out", str(png)], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode != 0 and "no ablation" in bad.stderr
+
+
+def test_auto_dtype_follows_the_demo_rows(quick_model_dir, tmp_path):
+    """--dtype auto: bf16 only where the CPU has it natively and every demo.json row with that UNet + VAE passed
+    the bf16 quality gate (auto_dtype); fp32 otherwise, and on an unlisted UNet."""
+    from pocketdiff.evaluation.demo import auto_dtype, resolve_model_dtype
+    from pocketdiff.precision import resolve_dtype
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for c in quick_model_dir.iterdir():
+        (model / c.name).symlink_to(c)
+    rows = [{"name": "teacher-50", "steps": 50, "guidance": 2.0},
+            {"name": "teacher-8", "steps": 8, "guidance": 2.0, "auto_dtype": "bf16"},
+            {"name": "fast", "steps": 1, "guidance": 1.0, "unet": "unet", "vae": "vae", "auto_dtype": "bf16",
+             "default": True}]
+    (model / "demo.json").write_text(json.dumps(rows))
+    assert auto_dtype(model) == "fp32"  # teacher-50 shares the teacher's networks and was not gated
+    assert auto_dtype(model, model / "unet", model / "vae") == "bf16"
+    assert auto_dtype(model, model / "unet") == "fp32"  # no row with this UNet and the default VAE
+    assert resolve_model_dtype("auto", model) == "fp32"
+    assert resolve_model_dtype("auto", model, model / "unet", model / "vae") == resolve_dtype("auto")
+    assert resolve_model_dtype("bf16", model) == "bf16"
+    r = run("generate", "a red circle", "--model", str(model), "--dtype", "bf16", "-o", str(tmp_path / "a.png"))
+    assert r.returncode == 0, r.stderr
+    assert "; bf16; wrote" in r.stdout
+    r = run("generate", "a red circle", "--model", str(model), "--dtype", "fp16", "-o", str(tmp_path / "b.png"))
+    assert r.returncode == 2 and "--dtype" in r.stderr and "Traceback" not in r.stderr

@@ -65,3 +65,19 @@ def test_is_a_diffusers_pipeline_directory(quick_model_dir):
 def test_bad_steps(quick_model_dir):
     with pytest.raises(DataError):
         load_pipeline(quick_model_dir)("a red circle", num_inference_steps=0)
+
+
+def test_bf16_pipeline_runs_the_networks_in_bf16_and_keeps_latents_fp32(quick_model_dir):
+    pipe = load_pipeline(quick_model_dir, dtype="bf16")
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}
+    gen = pipe(["a red circle"], num_inference_steps=2, guidance_scale=2.0, seed=1, decode=False)
+    assert gen.images.dtype == np.float32 and np.isfinite(gen.images).all()
+    img = pipe(["a red circle"], num_inference_steps=2, guidance_scale=2.0, seed=1).images
+    assert img.shape == (1, 64, 64, 3) and img.dtype == np.uint8
+
+
+def test_unknown_dtype_is_a_clear_error(quick_model_dir):
+    from pocketdiff.precision import DTypeError
+
+    with pytest.raises(DTypeError, match="fp32"):
+        load_pipeline(quick_model_dir, dtype="fp16")

@@ -106,10 +106,18 @@ def bench(
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=Console(stderr=True), transient=True)
     state = {}
-    hooks = Hooks(start=lambda total: state.update(task=bar.add_task("timing", total=total)),
-                  step=lambda d: (bar.update(state["task"], description=d, advance=1 if state.get("n") else 0),
-                                  state.update(n=1)),
-                  log=lambda msg: bar.console.log(msg) if os.environ.get("POCKETDIFF_VERBOSE") else None)
+    tty = sys.stderr.isatty()
+
+    def step(d: str) -> None:
+        bar.update(state["task"], description=d, advance=1 if state.get("n") else 0)
+        state.update(n=1)
+        rnd = d.split(":")[0]
+        if not tty and rnd != state.get("round"):  # a log (nohup): one line per round instead of the bar
+            state["round"] = rnd
+            print(f"{rnd} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+
+    hooks = Hooks(start=lambda total: state.update(task=bar.add_task("timing", total=total)), step=step,
+                  log=lambda msg: None if tty else print(msg, file=sys.stderr, flush=True))
     with bar:
         res = run_bench(names, resolutions=resolutions, batches=batches, runs=runs, warmup=warmup, threads=threads,
                         dtypes=_split(dtype) or None, backends=_split(backend) or None, width=width, progress=hooks,

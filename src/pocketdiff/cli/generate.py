@@ -48,16 +48,24 @@ def _check_sampling(model: Path, steps: int | None, guidances: list[float], thre
         check_sampling_options(steps, g, train_steps)
 
 
+DTYPE_HELP = ("auto (bf16 where the CPU has native bf16, avx512_bf16 / AMX, and the model's bf16 quality was "
+              "measured to hold: demo.json's auto_dtype; else fp32) | fp32 | bf16")
+
+
 def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str, threads: int | None,
-          device: str = "auto"):
+          device: str = "auto", dtype: str = "fp32"):
     import torch
 
+    from pocketdiff.evaluation.demo import resolve_model_dtype
     from pocketdiff.sampling.pipeline import load_pipeline
 
     if threads:
         torch.set_num_threads(threads)
     target = _device(device)  # checked before the (slower) load, so a bad --device fails at once
-    return load_pipeline(model, unet_dir=unet, vae_dir=vae, scheduler=scheduler).to(target)
+    dt = resolve_model_dtype(dtype, model, unet, vae, target)
+    pipe = load_pipeline(model, unet_dir=unet, vae_dir=vae, scheduler=scheduler, dtype=dt).to(target)
+    pipe.dtype_name = dt
+    return pipe
 
 
 def generate(
@@ -75,6 +83,7 @@ def generate(
     out: Path = typer.Option(Path("out.png"), "-o", "--out"),
     threads: int = typer.Option(None, "--threads"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Generate images from text."""
     from pocketdiff.training.loop import make_grid
@@ -97,13 +106,13 @@ def generate(
     guidance = guidance if guidance is not None else default.get("guidance", 3.0)
     scheduler = scheduler or default.get("scheduler", "ddim")
     _check_sampling(model, steps, [guidance], threads)
-    pipe = _pipe(model, unet, vae, scheduler, threads, device)
+    pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype)
     gen = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
     image = gen.images[0] if len(prompts) == 1 else make_grid(gen.images, cols=cols)
     write_png_atomic(out, image)
     t = gen.timings
     name = f"{default['name']}: " if default else ""
-    typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; wrote {out} ({len(prompts)} image(s)); "
+    typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; {pipe.dtype_name}; wrote {out} ({len(prompts)} image(s)); "
                f"text encoder {t.text_encoder:.0f} ms, UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), "
                f"decoder {t.decoder:.0f} ms")
 
@@ -123,6 +132,7 @@ def eval_cmd(
     save_images: Path = typer.Option(None, "--save-images", help="write every image and an index.json"),
     threads: int = typer.Option(None, "--threads"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Compositional accuracy, domain FID and domain CLIP score on held-out prompts."""
     from rich.console import Console
@@ -138,7 +148,7 @@ def eval_cmd(
     _check_sampling(model, steps, guidances, threads)
     for pset in prompts:
         load_prompts(pset, limit)  # a missing or unreadable prompts file fails now, not after the first set
-    pipe = _pipe(model, unet, vae, scheduler, threads, device)
+    pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype)
     results = []
     for pset in prompts:
         for g in guidances:
@@ -159,7 +169,8 @@ def eval_cmd(
                       "-" if r["clip_score"] is None else f"{r['clip_score']:.2f}")
     Console().print(table)
     if json_path:
-        what = {"model": str(model), "unet": unet and str(unet), "vae": vae and str(vae)}  # which weights were judged
+        what = {"model": str(model), "unet": unet and str(unet), "vae": vae and str(vae),  # which weights were judged
+                "dtype": pipe.dtype_name}
         write_json_atomic(json_path, {**what, **(results[0] if len(results) == 1 else {}), "results": results})
 
 
@@ -170,6 +181,7 @@ def demo(
     json_path: Path = typer.Option(None, "--json"),
     threads: int = typer.Option(None, "--threads"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """The README's main job: the shipped model on held-out prompts, judged, timed, reported."""
     import torch
@@ -187,7 +199,7 @@ def demo(
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
-    rows = run_demo(model, n, out, device=_device(device))
+    rows = run_demo(model, n, out, device=_device(device), dtype=dtype)
     table = Table(title="pocketdiff demo: held-out prompts, per image, this machine")
     for col in ("model", "steps", "w", "accuracy (1 obj / 2 obj)", "FID (1 obj)", "text enc ms", "UNet ms",
                 "decoder ms", "total ms"):

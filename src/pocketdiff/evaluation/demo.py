@@ -14,9 +14,10 @@ from pocketdiff.io import write_png_atomic, write_text_atomic
 from pocketdiff.training.loop import make_grid
 
 
-def run_demo(model: Path, n: int, out: Path, device=None) -> list[dict]:
+def run_demo(model: Path, n: int, out: Path, device=None, dtype: str = "fp32") -> list[dict]:
     """Each variant of `demo_variants(model)` on the first n prompts of heldout-single and heldout-two (fixed seeds):
-    accuracy, FID (single objects), latency per image; images, grids and report.md under `out`."""
+    accuracy, FID (single objects), latency per image; images, grids and report.md under `out`. `dtype` "auto":
+    each variant's own (`auto_dtype`)."""
     from PIL import Image
 
     from pocketdiff.evaluation.suite import evaluate_pipeline
@@ -24,8 +25,9 @@ def run_demo(model: Path, n: int, out: Path, device=None) -> list[dict]:
 
     rows = []
     for variant in demo_variants(model):
+        dt = resolve_model_dtype(dtype, model, variant.get("unet"), variant.get("vae"), device or "cpu")
         pipe = load_pipeline(model, unet_dir=variant.get("unet"), vae_dir=variant.get("vae"),
-                             scheduler=variant["scheduler"])
+                             scheduler=variant["scheduler"], dtype=dt)
         if device is not None:
             pipe = pipe.to(device)
         pipe(["a red circle"], num_inference_steps=2, guidance_scale=variant["guidance"])  # warm-up
@@ -36,7 +38,7 @@ def run_demo(model: Path, n: int, out: Path, device=None) -> list[dict]:
                                            limit=n, save_images=sub, progress=False))
         acc = sum(p.accuracy * p.n for p in parts) / sum(p.n for p in parts)
         lat = {k: sum(p.latency_ms[k] * p.n for p in parts) / sum(p.n for p in parts) for k in parts[0].latency_ms}
-        rows.append({"name": variant["name"], "steps": variant["steps"], "guidance": variant["guidance"],
+        rows.append({"name": variant["name"], "steps": variant["steps"], "guidance": variant["guidance"], "dtype": dt,
                      "accuracy": acc, "accuracy_single": parts[0].accuracy, "accuracy_two": parts[1].accuracy,
                      "fid": parts[0].fid, "n": sum(p.n for p in parts), "latency_ms": lat})
         for p in parts:
@@ -75,6 +77,24 @@ def demo_variants(model: Path) -> list[dict]:
                     raise DataError(f"{index}: row {i} ({r['name']}): {k} {r[k]} does not exist")
         rows.append(r)
     return rows
+
+
+def auto_dtype(model: Path, unet=None, vae=None) -> str:
+    """What --dtype auto may use for this UNet + VAE of `model`: "bf16" only if every demo.json row with them says
+    `"auto_dtype": "bf16"` (set where the bf16 quality gate passed: docs/results/fast-path/), else "fp32"."""
+    def same(a, b):
+        return (Path(a).resolve() if a else None) == (Path(b).resolve() if b else None)
+
+    rows = [r for r in demo_variants(model) if same(r.get("unet"), unet) and same(r.get("vae"), vae)]
+    return "bf16" if rows and all(r.get("auto_dtype") == "bf16" for r in rows) else "fp32"
+
+
+def resolve_model_dtype(dtype: str, model: Path, unet=None, vae=None, device="cpu") -> str:
+    """--dtype for a pipeline: 'auto' -> bf16 where the device computes bf16 natively and `auto_dtype` allows it,
+    else fp32; 'fp32' / 'bf16' as given."""
+    from pocketdiff.precision import resolve_dtype
+
+    return resolve_dtype(dtype, device, model_default=auto_dtype(model, unet, vae) if dtype == "auto" else "bf16")
 
 
 def default_variant(model: Path) -> dict:

@@ -129,7 +129,8 @@ class TextToImagePipeline(DiffusionPipeline):
         # a stochastic step (UFOGen's re-noising) draws from the same per-image generators (diffusers' convention:
         # pass `generator` when the scheduler's step takes it; DDIM with eta 0 and DPM-Solver++ draw nothing)
         step_kwargs = {"generator": generators} if "generator" in inspect.signature(sched.step).parameters else {}
-        latents = latents.to(self.device, self.unet.dtype) * sched.init_noise_sigma
+        # the latents and the scheduler's arithmetic stay fp32; only the networks run in their dtype (bf16 fast path)
+        latents = latents.to(self.device, torch.float32) * sched.init_noise_sigma
         sched.set_timesteps(num_inference_steps)
 
         # 3. denoise: v (or eps) = u + w (c - u)
@@ -137,7 +138,7 @@ class TextToImagePipeline(DiffusionPipeline):
         for t in sched.timesteps:
             x = torch.cat([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, t)
-            out = self.unet(x, t, encoder_hidden_states=ctx.to(self.unet.dtype)).sample
+            out = self.unet(x.to(self.unet.dtype), t, encoder_hidden_states=ctx.to(self.unet.dtype)).sample.float()
             t_.unet_calls += 1
             if cfg:
                 cond, uncond = out.chunk(2)
@@ -169,9 +170,14 @@ class TextToImagePipeline(DiffusionPipeline):
 
 
 def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae_dir: str | Path | None = None,
-                  scheduler: str = "ddim") -> TextToImagePipeline:
+                  scheduler: str = "ddim", dtype: str = "fp32") -> TextToImagePipeline:
     """Load a model directory (shapes world or Stable Diffusion 1.5, diffusers layout). `unet_dir`/`vae_dir`
-    swap in another UNet (e.g. a distilled student) or decoder. Errors name the missing component."""
+    swap in another UNet (e.g. a distilled student) or decoder. `dtype` "fp32" or "bf16" ("auto": resolve it first,
+    `pocketdiff.precision.resolve_dtype`): the networks' weights and activations; latents and the scheduler stay
+    fp32. Errors name the missing component."""
+    from ..precision import to_dtype
+
+    torch_dtype = to_dtype(dtype)
     from ..arch.unet import FlexUNet
     from ..loading import load_component, load_tokenizer_dir, read_scheduler_config
     from ..pruning.decoder import SlimAutoencoderKL
@@ -192,6 +198,9 @@ def load_pipeline(model_dir: str | Path, unet_dir: str | Path | None = None, vae
     tokenizer = load_tokenizer_dir(root, "tokenizer")
     pipe = TextToImagePipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
                                scheduler=make_scheduler(scheduler, sched_cfg))
+    if torch_dtype != torch.float32:
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+            torch.nn.Module.to(m, torch_dtype)  # (ModelMixin.to would warn about fp32-kept modules these lack)
     return pipe
 
 
