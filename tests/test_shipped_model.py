@@ -37,3 +37,23 @@ def test_demo_rows_name_shipped_components_and_one_default():
                 assert (r[k] / "config.json").is_file(), r
     assert sum(bool(r.get("default")) for r in rows) == 1
     assert default_variant(MODEL)["steps"] < 50  # generate's default is a few-step sampler (docs/distillation.md)
+
+
+def test_bf16_by_default_only_where_the_quality_gate_passed():
+    """A demo.json row may let --dtype auto pick bf16 only with a bf16-vs-fp32 comparison on file whose paired
+    change is within 0.5 points on both held-out sets (docs/results/fast-path/, scripts/compare_evals.py)."""
+    import json
+
+    from pocketdiff.evaluation.demo import demo_variants
+
+    results = MODEL.parents[1] / "docs" / "results" / "fast-path"
+    for r in demo_variants(MODEL):
+        if r.get("auto_dtype", "fp32") == "fp32":
+            continue
+        assert r["auto_dtype"] == "bf16", r
+        gate = json.loads((results / f"{r['gate']}.json").read_text())
+        rows = [x for x in gate["rows"] if "vs_ref" in x]
+        assert {x["prompt_set"] for x in rows} == {"heldout-single", "heldout-two"}, r
+        for x in rows:
+            assert len(x["vs_ref"]["seeds"]) >= 3 and x["vs_ref"]["paired"], r
+            assert abs(x["vs_ref"]["change"]) <= 0.005 + 1e-9, (r["name"], x["prompt_set"], x["vs_ref"]["change"])

@@ -17,15 +17,17 @@ from pocketdiff.training.loop import make_grid
 def run_demo(model: Path, n: int, out: Path, device=None, dtype: str = "fp32") -> list[dict]:
     """Each variant of `demo_variants(model)` on the first n prompts of heldout-single and heldout-two (fixed seeds):
     accuracy, FID (single objects), latency per image; images, grids and report.md under `out`. `dtype` "auto":
-    each variant's own (`auto_dtype`)."""
+    each variant's own (its row's `auto_dtype`, fp32 where absent)."""
     from PIL import Image
 
     from pocketdiff.evaluation.suite import evaluate_pipeline
+    from pocketdiff.precision import resolve_dtype
     from pocketdiff.sampling.pipeline import load_pipeline
 
     rows = []
     for variant in demo_variants(model):
-        dt = resolve_model_dtype(dtype, model, variant.get("unet"), variant.get("vae"), device or "cpu")
+        # each row its own gate: a row marked auto_dtype bf16 passed the bf16 quality gate at its own steps
+        dt = resolve_dtype(dtype, device or "cpu", model_default=variant.get("auto_dtype", "fp32"))
         pipe = load_pipeline(model, unet_dir=variant.get("unet"), vae_dir=variant.get("vae"),
                              scheduler=variant["scheduler"], dtype=dt)
         if device is not None:
