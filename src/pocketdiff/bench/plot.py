@@ -26,7 +26,7 @@ def plot_bench(result: dict, path: str | Path) -> Path:
     main.sort(key=lambda r: -r["ms_per_image"])
     scaling = len(result["resolutions"]) > 1 or len(result["batches"]) > 1
     ncols = 3 if scaling else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 0.45 * len(main) + 2.2), squeeze=False,
+    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, max(4.0, 0.45 * len(main) + 2.2)), squeeze=False,
                              gridspec_kw={"width_ratios": [2, 1, 2][:ncols]})
     ax, ax_share = axes[0][0], axes[0][1]
     y = list(range(len(main)))
@@ -37,6 +37,9 @@ def plot_bench(result: dict, path: str | Path) -> Path:
     ax.barh(y, total_s, xerr=err, color=["#c44e52" if r["name"] == result.get("baseline") else "#4c72b0"
                                          for r in main], ecolor="#555555", capsize=2)
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, labels, fontsize=8)
     for i, r in enumerate(main):
         txt = f"  {r['ms_per_image'] / 1e3:,.2f} s" + (f", {r['speedup']:,.0f}x" if r.get("speedup") else "")
