@@ -14,7 +14,7 @@ from ..errors import PocketDiffError
 
 
 def build_app() -> typer.Typer:
-    from . import arch, bench, evolve, generate, profile, prune, sweep, train
+    from . import arch, bench, evolve, export, generate, profile, prune, sweep, train
 
     app = typer.Typer(help="Efficient mobile text-to-image diffusion (SnapFusion, MobileDiffusion).",
                       no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,6 +26,7 @@ def build_app() -> typer.Typer:
     sweep.register(app)
     evolve.register(app)
     bench.register(app)
+    export.register(app)
     return app
 
 

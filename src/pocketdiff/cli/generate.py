@@ -48,12 +48,14 @@ def _check_sampling(model: Path, steps: int | None, guidances: list[float], thre
         check_sampling_options(steps, g, train_steps)
 
 
+BACKEND_HELP = ("torch | onnxruntime | openvino | executorch: run the networks in that runtime (an ordinary model "
+                "directory is exported once, fp32 and parity-checked, into ~/.cache/pocketdiff/exports)")
 DTYPE_HELP = ("auto (bf16 where the CPU has native bf16, avx512_bf16 / AMX, and the model's bf16 quality was "
               "measured to hold: demo.json's auto_dtype; else fp32) | fp32 | bf16")
 
 
 def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str, threads: int | None,
-          device: str = "auto", dtype: str = "fp32"):
+          device: str = "auto", dtype: str = "fp32", backend: str = "torch"):
     import torch
 
     from pocketdiff.evaluation.demo import resolve_model_dtype
@@ -62,10 +64,35 @@ def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str
     if threads:
         torch.set_num_threads(threads)
     target = _device(device)  # checked before the (slower) load, so a bad --device fails at once
+    from pocketdiff.export import is_export_dir, load_exported_pipeline
+    from pocketdiff.export.cache import cached_export, check_backend
+
+    fmt = check_backend(backend)
+    if fmt is not None and not is_export_dir(model):
+        if target.type != "cpu":
+            raise DataError(f"--backend {backend} runs on the CPU; use --device cpu")
+        model, unet, vae = cached_export(model, fmt, unet, vae, threads), None, None
+    if is_export_dir(model):  # `pocketdiff export`'s output: the networks run in ONNX Runtime / OpenVINO / ExecuTorch
+        if unet is not None or vae is not None:
+            raise DataError(f"{model} is an exported directory: its networks are fixed; export again with "
+                            "`pocketdiff export MODEL --unet NAME --vae NAME` to change them")
+        if target.type != "cpu":
+            raise DataError(f"{model} is an exported directory: it runs on the CPU; use --device cpu")
+        pipe = load_exported_pipeline(model, scheduler=scheduler, threads=threads)
+        pipe.dtype_name = "fp32" if pipe.manifest["quantize"] == "none" else pipe.manifest["quantize"]
+        return pipe
     dt = resolve_model_dtype(dtype, model, unet, vae, target)
     pipe = load_pipeline(model, unet_dir=unet, vae_dir=vae, scheduler=scheduler, dtype=dt).to(target)
     pipe.dtype_name = dt
+    pipe.backend = "torch"
     return pipe
+
+
+def _clip_dir(model: Path) -> Path:
+    """Where the domain CLIP (an evaluator, not part of the model under test) lives: an exported directory's source."""
+    from pocketdiff.export import is_export_dir, read_manifest
+
+    return Path(read_manifest(model)["source"]["model"]) if is_export_dir(model) else model
 
 
 def generate(
@@ -84,6 +111,7 @@ def generate(
     threads: int = typer.Option(None, "--threads"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Generate images from text."""
     from pocketdiff.training.loop import make_grid
@@ -106,13 +134,14 @@ def generate(
     guidance = guidance if guidance is not None else default.get("guidance", 3.0)
     scheduler = scheduler or default.get("scheduler", "ddim")
     _check_sampling(model, steps, [guidance], threads)
-    pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype)
+    pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype, backend)
     gen = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
     image = gen.images[0] if len(prompts) == 1 else make_grid(gen.images, cols=cols)
     write_png_atomic(out, image)
     t = gen.timings
     name = f"{default['name']}: " if default else ""
-    typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; {pipe.dtype_name}; wrote {out} ({len(prompts)} image(s)); "
+    typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; {pipe.dtype_name}, {pipe.backend}; wrote {out} "
+               f"({len(prompts)} image(s)); "
                f"text encoder {t.text_encoder:.0f} ms, UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), "
                f"decoder {t.decoder:.0f} ms")
 
@@ -133,6 +162,7 @@ def eval_cmd(
     threads: int = typer.Option(None, "--threads"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Compositional accuracy, domain FID and domain CLIP score on held-out prompts."""
     from rich.console import Console
@@ -148,12 +178,13 @@ def eval_cmd(
     _check_sampling(model, steps, guidances, threads)
     for pset in prompts:
         load_prompts(pset, limit)  # a missing or unreadable prompts file fails now, not after the first set
-    pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype)
+    pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype, backend)
     results = []
     for pset in prompts:
         for g in guidances:
             sub = None if save_images is None else save_images / f"{Path(pset).stem}_w{g:g}"
-            r = evaluate_pipeline(pipe, pset, steps, g, scheduler, seed, limit, clip_model_dir=model, save_images=sub)
+            r = evaluate_pipeline(pipe, pset, steps, g, scheduler, seed, limit, clip_model_dir=_clip_dir(model),
+                                  save_images=sub)
             results.append(r.as_dict())
     table = Table(title=f"{model} ({'unet ' + str(unet) if unet else 'its own UNet'}), {steps} {scheduler} steps")
     attrs = sorted({a for r in results for a in r["per_attribute"]})
@@ -170,7 +201,7 @@ def eval_cmd(
     Console().print(table)
     if json_path:
         what = {"model": str(model), "unet": unet and str(unet), "vae": vae and str(vae),  # which weights were judged
-                "dtype": pipe.dtype_name}
+                "dtype": pipe.dtype_name, "backend": pipe.backend}
         write_json_atomic(json_path, {**what, **(results[0] if len(results) == 1 else {}), "results": results})
 
 
