@@ -140,8 +140,8 @@ def generate(
     write_png_atomic(out, image)
     t = gen.timings
     name = f"{default['name']}: " if default else ""
-    typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; {pipe.dtype_name}, {pipe.backend}; wrote {out} "
-               f"({len(prompts)} image(s)); "
+    typer.echo(f"{name}{steps} {scheduler} steps, w {guidance:g}; {pipe.dtype_name}; wrote {out} "
+               f"({len(prompts)} image(s), {pipe.backend}); "
                f"text encoder {t.text_encoder:.0f} ms, UNet {t.unet_total:.0f} ms ({t.unet_calls} calls), "
                f"decoder {t.decoder:.0f} ms")
 
