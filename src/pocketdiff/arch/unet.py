@@ -236,21 +236,10 @@ def check_model_dir(path: Path, class_name: str) -> dict:
 
 
 def check_safetensors(file: Path) -> None:
-    from safetensors import safe_open
+    """Raise `WeightsError` unless `file` is a complete safetensors file (pocketdiff.loading's check)."""
+    from ..loading import check_safetensors as check
 
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            for k in f.keys():
-                f.get_slice(k)
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise WeightsError(f"{file} is not a valid safetensors file (truncated or corrupt?): {e}") from e
-    size = file.stat().st_size
-    with open(file, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise WeightsError(f"{file} is truncated: {size} bytes, the header needs {8 + header_len + end}")
+    check(file)
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -62,8 +62,8 @@ def sweep(
     from rich.console import Console
     from rich.table import Table
 
-    from pocketdiff.cli.generate import _pipe
-    from pocketdiff.evaluation.suite import evaluate_pipeline
+    from pocketdiff.cli.generate import _check_sampling, _pipe
+    from pocketdiff.evaluation.suite import evaluate_pipeline, load_prompts
     from pocketdiff.evaluation.sweep import parse_floats, plot_sweep, table_rows
     from pocketdiff.sampling.pipeline import SCHEDULERS
 
@@ -85,6 +85,10 @@ def sweep(
     if not ws:
         raise DataError("--guidance: no values")
     clip_dir = clip_model or parsed[0][0]
+    for (root, _), st in zip(parsed, steps):  # every model's steps and guidance in range before any loads
+        _check_sampling(root, st, ws, threads)
+    for pset in prompts:
+        load_prompts(pset, limit)
 
     pipes, models = {}, []
     for (root, unet), sch, st, lab in zip(parsed, scheduler, steps, labels):
