@@ -3,7 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py [--runs 10] [--warmup 2] [--threads 1,2] [--json PATH]
         [--preset scratch] [--precisions fp32]
 
-The real step of `pocketdiff train teacher --config configs/shapes/teacher.yaml [--preset P]`: a batch of 32 (or the
+The real step of `pocketdiff train teacher --config teacher [--preset P]`: a batch of 32 (or the
 preset's batch size) rendered scenes, VAE encoding, text encoding, the UNet forward and backward, AdamW. The
 question it answers: does bf16 autocast (`mixed_precision: bf16`, what accelerate applies) pay on this CPU for a UNet
 this small (8.8M params, 16x16 latents)? Every (precision, threads) setting runs round-robin in one process so that
@@ -36,7 +36,7 @@ from pocketdiff.training.stages.teacher import TeacherStage
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="configs/shapes/teacher.yaml")
+    ap.add_argument("--config", default="teacher")
     ap.add_argument("--preset", default=None, help="a preset of the config (its batch size, options)")
     ap.add_argument("--precisions", default="fp32,bf16 autocast", help="comma-separated: fp32, bf16 autocast")
     ap.add_argument("--runs", type=int, default=10)

@@ -30,7 +30,7 @@ variant() {  # variant NAME --set ...: train the teacher from nothing, then judg
   local name=$1; shift
   mkdir -p "$WORK/$name" && cp -r models/shapes/tokenizer models/shapes/text_encoder models/shapes/vae "$WORK/$name/"
   local t0=$SECONDS
-  timeout $("$PY" -c "print(int($CAP * 60 + 60))") "${PD[@]}" train teacher --config configs/shapes/teacher.yaml --out "$WORK/run_$name" \
+  timeout $("$PY" -c "print(int($CAP * 60 + 60))") "${PD[@]}" train teacher --config teacher --out "$WORK/run_$name" \
     --set options.model_dir="$WORK/$name" --set export_dir="$WORK/$name/unet" --set seed=0 \
     --set max_steps=$STEPS --set max_minutes=$CAP --set batch_size=$BATCH --set warmup_steps=100 --set min_lr=1e-5 \
     --set 'mixed_precision="no"' --set eval_every=0 --set sample_every=0 --set checkpoint_every=1000000 \
@@ -64,7 +64,7 @@ student() {  # student NAME K --set ...: distil the shipped teacher at 8K steps 
 }
 
 note "start: $("$PY" -c 'import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())')"
-[ "${ROUND:-1}" = distill ] || ( t0=$SECONDS; timeout 120 "${PD[@]}" train vae --config configs/shapes/vae.yaml --preset quick --out "$WORK/vae_quick" \
+[ "${ROUND:-1}" = distill ] || ( t0=$SECONDS; timeout 120 "${PD[@]}" train vae --config vae --preset quick --out "$WORK/vae_quick" \
     --set export_dir="$WORK/vae_quick/vae" > "$OUT/vae_quick.log" 2>&1; note "vae_quick rc=$? wall_s=$((SECONDS - t0))" ) &
 LN=(--set options.timestep_density=logit_normal --set options.logit_mean=0.5 --set options.logit_std=1.0)
 MSNR=(--set options.loss_weighting=min_snr --set options.snr_gamma=5)

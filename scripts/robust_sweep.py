@@ -1,7 +1,7 @@
 """The small sweep behind robust training's default drop probability (SnapFusion gives no value).
 
     python scripts/robust_sweep.py --p 0 0.1 0.25 --steps 200 --json docs/results/evolving/robust_sweep.json
-        [--teacher models/shapes] [--config configs/shapes/student.yaml] [--reuse 0.1=runs/robust/unet]
+        [--teacher models/shapes] [--config student] [--reuse 0.1=runs/robust/unet]
 
 For each p: the student stage trains a copy of the teacher for --steps steps with p_drop_tf = p and
 p_drop_res = p / 2 (runs/robust_sweep/p{p}/; `--reuse P=DIR` takes an existing run instead), then the evolving probe
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--p", type=float, nargs="+", default=[0.0, 0.1, 0.25])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--teacher", default="models/shapes")
-    ap.add_argument("--config", default="configs/shapes/student.yaml", help="the student stage's config")
+    ap.add_argument("--config", default="student", help="the student stage's config (a shipped name or a YAML path)")
     ap.add_argument("--reuse", action="append", default=[], help="P=UNET_DIR: an existing run for this p")
     ap.add_argument("--probe-prompts", type=int, default=24)
     ap.add_argument("--probe-steps", type=int, default=8)

@@ -53,10 +53,9 @@ def test_image_tower_and_loss():
 def test_clip_stage_quick_exports_loadable_model(tmp_path):
     from pocketdiff.training.run import run_stage
 
-    cfgs = ROOT / "configs" / "shapes"
-    run_stage("tokenizer", cfgs / "tokenizer.yaml", "quick", out=tmp_path / "r_tok",
+    run_stage("tokenizer", "tokenizer", "quick", out=tmp_path / "r_tok",
               overrides={"export_dir": str(tmp_path / "m" / "tokenizer")})
-    summary = run_stage("clip", cfgs / "clip.yaml", "quick", out=tmp_path / "r_clip",
+    summary = run_stage("clip", "clip", "quick", out=tmp_path / "r_clip",
                         overrides={"export_dir": str(tmp_path / "m" / "text_encoder"),
                                    "options": {"tokenizer_dir": str(tmp_path / "m" / "tokenizer")}})
     assert summary["step"] == 5 and 0 <= summary["eval_i2t_top1"] <= 1

@@ -72,8 +72,7 @@ def test_words_from_captions():
 def test_tokenizer_stage(tmp_path):
     from pocketdiff.training.run import run_stage
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    summary = run_stage("tokenizer", root / "configs/shapes/tokenizer.yaml", "quick", out=tmp_path / "run",
+    summary = run_stage("tokenizer", "tokenizer", "quick", out=tmp_path / "run",
                         overrides={"export_dir": str(tmp_path / "tokenizer")})
     assert summary["vocab_size"] == len(VOCABULARY) + 6
     assert load_tokenizer(tmp_path / "tokenizer").get_vocab()["<eos>"] == 3

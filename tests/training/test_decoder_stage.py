@@ -4,7 +4,6 @@ latents); the export is a drop-in VAE for load_pipeline with the teacher's encod
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from pocketdiff.pruning.decoder import SlimAutoencoderKL, decoder_widths, load_v
 from pocketdiff.pruning.tiny_decoder import TinyDecoder
 from pocketdiff.models import build_vae
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs/shapes/decoder.yaml"
+CONFIG = "decoder"
 
 
 def _same_encoder(a, b) -> bool:

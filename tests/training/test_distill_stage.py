@@ -13,7 +13,7 @@ from pocketdiff.training.stages.distill import DistillStage
 
 
 def quick_stage(model_dir, **options):
-    cfg = load_config("configs/shapes/distill.yaml", "quick", {"options": {"teacher_dir": str(model_dir), **options}})
+    cfg = load_config("distill", "quick", {"options": {"teacher_dir": str(model_dir), **options}})
     return DistillStage(cfg)
 
 
@@ -80,10 +80,10 @@ def test_student_from_a_preset_is_initialised_from_the_teacher(quick_model_dir):
 
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="teacher_steps"):
-        load_config("configs/shapes/distill.yaml", None, {"options": {"teacher_steps": 24, "student_steps": 16}})
+        load_config("distill", None, {"options": {"teacher_steps": 24, "student_steps": 16}})
     with pytest.raises(ConfigError, match="gamma"):
-        load_config("configs/shapes/distill.yaml", None, {"options": {"gamma": "big"}})
-    cfg = load_config("configs/shapes/distill.yaml", None, {"options": {"gamma": 0.2, "w_range": [1, 3]}})
+        load_config("distill", None, {"options": {"gamma": "big"}})
+    cfg = load_config("distill", None, {"options": {"gamma": 0.2, "w_range": [1, 3]}})
     assert cfg.options.gamma == 0.2 and cfg.options.w_range == (1.0, 3.0)
     DistillStage(cfg)  # export_dir names options in braces: each halving exports beside the teacher
     assert cfg.export_dir == "models/shapes/unet_s16"

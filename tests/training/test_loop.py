@@ -16,8 +16,6 @@ from pocketdiff.training.config import ConfigError, TrainConfig, config_from_dic
 from pocketdiff.training.run import load_config
 from pocketdiff.training.loop import Stage, find_checkpoint, lr_at, train
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs" / "shapes"
 
 
 class ToyStage(Stage):
@@ -93,7 +91,7 @@ def test_resume_is_exact_vae(tmp_path):
 
     over = {"export_dir": str(tmp_path / "vae"), "max_steps": 4, "checkpoint_every": 100, "sample_every": 0,
             "num_threads": 1, "options": {"eval_images": 4, "scaling_samples": 4}}
-    c = load_config(CONFIGS / "vae.yaml", "quick", over)
+    c = load_config("vae", "quick", over)
     train(VAEStage(c), c, tmp_path / "full")
     # SIGTERM (as `kill PID`) during the second batch: stop and checkpoint after step 2, then resume
     stage = VAEStage(c)
@@ -190,19 +188,19 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(PocketDiffError, match="unknown stage 'nope'"):
         load_config(write(tmp_path, "stage: nope\nexport_dir: x\n"))
     with pytest.raises(UnknownPresetError, match="unknown preset 'fast'"):
-        load_config(CONFIGS / "vae.yaml", "fast")
+        load_config("vae", "fast")
 
 
 def test_presets_and_overrides():
-    cfg = load_config(CONFIGS / "vae.yaml", "quick", parse_set(["options.kl_weight=1e-5", "seed=3"]))
+    cfg = load_config("vae", "quick", parse_set(["options.kl_weight=1e-5", "seed=3"]))
     assert cfg.max_steps == 5 and cfg.seed == 3 and cfg.lr == 1e-3  # "1.0e-3" parsed as float
     assert cfg.options.kl_weight == 1e-5 and cfg.options.block_out_channels == [8, 8, 16]
-    full = load_config(CONFIGS / "vae.yaml")
+    full = load_config("vae")
     assert full.options.block_out_channels == [16, 32, 64] and full.options.kl_weight == 1.2288e-2
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set(["max_steps"])
     # YAML 1.1 reads a bare `no` as false: `--set mixed_precision=no` still means "no"
-    assert load_config(CONFIGS / "vae.yaml", overrides=parse_set(["mixed_precision=no"])).mixed_precision == "no"
+    assert load_config("vae", overrides=parse_set(["mixed_precision=no"])).mixed_precision == "no"
 
 
 def test_cli_errors(tmp_path):
@@ -218,7 +216,7 @@ def test_cli_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         run_stage("vae", tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match="this command trains 'clip'"):
-        run_stage("clip", CONFIGS / "vae.yaml", "quick")
+        run_stage("clip", "vae", "quick")
     result = CliRunner().invoke(app, ["vae", "--config", str(write(tmp_path, "stage: vae\nexport_dir: x\nbad: 1\n"))])
     assert isinstance(result.exception, ConfigError)
     assert CliRunner().invoke(app, ["nostage"]).exit_code == 2

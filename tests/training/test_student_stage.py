@@ -14,7 +14,7 @@ from pocketdiff.training.stages.student import StudentStage, sample_dropped
 
 
 def quick_stage(model_dir, **options):
-    cfg = load_config("configs/shapes/student.yaml", "quick", {"options": {"teacher_dir": str(model_dir), **options}})
+    cfg = load_config("student", "quick", {"options": {"teacher_dir": str(model_dir), **options}})
     return StudentStage(cfg)
 
 

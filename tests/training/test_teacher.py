@@ -6,7 +6,7 @@ from pocketdiff.training.stages.teacher import TeacherStage
 
 
 def quick_stage(model_dir):
-    cfg = load_config("configs/shapes/teacher.yaml", "quick", {"options": {"model_dir": str(model_dir)}})
+    cfg = load_config("teacher", "quick", {"options": {"model_dir": str(model_dir)}})
     return TeacherStage(cfg)
 
 

@@ -15,7 +15,7 @@ from pocketdiff.training.stages.ufogen import TrainingCollapsedError, UFOGenStag
 
 
 def quick_stage(model_dir, **options):
-    cfg = load_config("configs/shapes/ufogen.yaml", "quick",
+    cfg = load_config("ufogen", "quick",
                       {"options": {"model_dir": str(model_dir), "init_unet": str(model_dir / "unet"), **options}})
     return UFOGenStage(cfg)
 

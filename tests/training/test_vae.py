@@ -41,7 +41,7 @@ def test_vae_stage_quick_cli(tmp_path):
 
     out, export = tmp_path / "run", tmp_path / "vae"
     result = CliRunner().invoke(app, [
-        "vae", "--config", str(ROOT / "configs/shapes/vae.yaml"), "--preset", "quick", "--out", str(out),
+        "vae", "--config", "vae", "--preset", "quick", "--out", str(out),
         "--set", f"export_dir={export}", "--set", "options.latent_std=0.6", "--json", str(tmp_path / "summary.json")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -64,7 +64,7 @@ def test_kl_weight_is_relative_to_summed_reconstruction():
     from pocketdiff.training.run import load_config
     from pocketdiff.training.stages.vae import VAEStage
 
-    cfg = load_config(ROOT / "configs/shapes/vae.yaml", preset="quick")
+    cfg = load_config("vae", preset="quick")
     stage = VAEStage(cfg)
     models = stage.build()
     x = heldout_images(2)

@@ -2,7 +2,7 @@
 
     pocketdiff evolve --teacher models/shapes --lut LUT.json --target-speedup 1.5 --out runs/evolve
         [--target-latency MS] [--criterion latency|flops|random] [--metric clip|accuracy] [--group 2]
-        [--config configs/shapes/evolve.yaml] [--set first_steps=300] [--json PATH]
+        [--config evolve|PATH.yaml] [--set first_steps=300] [--json PATH]
     pocketdiff evolve --dry-run --arch sd15 --lut LUT.json [--top 20] [--json PATH]
 
 Rerun the same command to continue a stopped search (state in --out). The lookup table comes from
@@ -29,7 +29,7 @@ def evolve(
     metric: str = typer.Option(None, help="dQuality: clip (domain CLIP score) | accuracy (judge)"),
     group: int = typer.Option(None, help="actions per round"),
     out: Path = typer.Option(Path("runs/evolve"), "--out", "-o", help="run dir (state, rounds, report)"),
-    config: Path = typer.Option(Path("configs/shapes/evolve.yaml"), "--config", "-c"),
+    config: str = typer.Option("evolve", "--config", "-c", help="shipped config NAME or YAML PATH"),
     set_: list[str] = typer.Option(None, "--set", help="any other config key: --set train_steps=50"),
     dry_run: bool = typer.Option(False, "--dry-run", help="rank the first round's actions by latency (no weights)"),
     arch: str = typer.Option("sd15", help="--dry-run: preset, spec file or UNet dir"),
@@ -69,7 +69,7 @@ def evolve(
     from pocketdiff.evolving import evolve as run
     from pocketdiff.training.config import deep_merge, from_dict, parse_set, read_config_dict
 
-    data = read_config_dict(config) if config.is_file() else {}
+    data = read_config_dict(config)
     flags = {"teacher_dir": teacher and str(teacher), "lut": lut and str(lut), "target_ms": target_latency,
              "target_speedup": target_speedup, "criterion": criterion, "metric": metric, "group": group}
     if target_latency is not None or target_speedup is not None:  # a flag replaces the config's target

@@ -1,12 +1,13 @@
 """`pocketdiff train STAGE`: one command per registered stage (pocketdiff.training.stages.STAGES).
 
-    pocketdiff train vae --config configs/shapes/vae.yaml [--preset quick] [--out DIR] [--resume] [--json PATH]
+    pocketdiff train vae [--config vae|PATH.yaml] [--preset quick] [--out DIR] [--resume] [--json PATH]
                          [--set max_steps=100 --set options.kl_weight=1e-5]
     pocketdiff train distill --teacher models/shapes --teacher-steps 32 --student-steps 16 [--student DIR|ARCH]
         [--teacher-unet DIR] [--p 0.1] [--w-range 2 14] [--gamma auto|0.2] [--export DIR]   (+ the options above)
     pocketdiff train student --teacher models/shapes --arch mobilediffusion [--p-drop-tf 0.1] [--p-drop-res 0.05]
 
-`distill` and `student` map their flags onto the stage's config options (a flag left out keeps the config's value;
+`--config` takes a shipped config's name (`pocketdiff/configs/shapes/NAME.yaml`, found through the package, not the
+working directory; default: the stage's own) or a path to a YAML file. `distill` and `student` map their flags onto the stage's config options (a flag left out keeps the config's value;
 `--set options.K=V` reaches every option).
 
 Checkpoints and log.jsonl go to --out (default: the config's out_dir, else runs/<stage>/); the final component to
@@ -51,7 +52,7 @@ def echo_summary(summary: dict) -> None:
 
 def _command(name: str):
     def command(
-        config: Path = typer.Option(None, "--config", "-c", help=f"YAML config [default: configs/shapes/{name}.yaml]"),
+        config: str = typer.Option(None, "--config", "-c", help=f"shipped config NAME or YAML PATH [default: {name}]"),
         preset: str = typer.Option(None, "--preset", "-p", help="named preset from the config's presets: section"),
         out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
         resume: bool = typer.Option(False, "--resume", help="continue exactly from the run directory's checkpoint"),
@@ -81,7 +82,7 @@ def student(
     teacher_unet: Path = typer.Option(None, "--teacher-unet", help="teach with this UNet dir instead of TEACHER/unet"),
     p_drop_tf: float = typer.Option(None, help="robust training: P(transformer block -> identity) per step"),
     p_drop_res: float = typer.Option(None, help="robust training: P(ResNet block -> identity) per step"),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config [default: the shipped student.yaml]"),
+    config: str = typer.Option(None, "--config", "-c", help="shipped config NAME or YAML PATH [default: student]"),
     preset: str = typer.Option(None, "--preset", "-p"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
     export: Path = typer.Option(None, "--export", help="where the trained student goes [RUN/export/unet_student]"),
@@ -121,7 +122,7 @@ def distill(
                                                 help="W_MIN W_MAX: guidance range of the CFG loss (2 14)"),
     gamma: str = typer.Option(None, "--gamma", help="weight of L_ori: auto | a number"),
     export: Path = typer.Option(None, "--export", help="where the student UNet goes [default: RUN/export/unet_sN]"),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config [default: the shipped distill.yaml]"),
+    config: str = typer.Option(None, "--config", "-c", help="shipped config NAME or YAML PATH [default: distill]"),
     preset: str = typer.Option(None, "--preset", help="named preset of the config (quick: a seconds-long smoke run)"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
     resume: bool = typer.Option(False, "--resume"),

@@ -2,7 +2,7 @@
 
     pocketdiff evolve --teacher models/shapes --lut LUT.json --target-speedup 1.5 --out runs/evolve
 
-Each round (all choices configurable in `EvolveConfig`; configs/shapes/evolve.yaml):
+Each round (all choices configurable in `EvolveConfig`; the shipped config `evolve`):
 1. robust training of the current network for `train_steps` (stage `student`: KD from the teacher + random block
    dropping), so that removing a block is what the network was trained to survive;
 2. score every evolvable block b (`actions.evolvable`) by dQuality / dLatency:
@@ -61,7 +61,7 @@ class EvolveConfig:
     probe_prompts: int = 32
     probe_steps: int = 10
     probe_guidance: float = 3.0
-    student_config: str = "configs/shapes/student.yaml"
+    student_config: str = "student"  # a shipped config's name or a YAML path
     student_preset: str | None = None  # a preset of student_config (tests: quick)
     init: str | None = None  # start from this FlexUNet dir (e.g. a robust-trained teacher) instead of the teacher
     seed: int = 0

@@ -1,6 +1,6 @@
 """Training configs: dataclasses read from YAML, strictly checked, with named presets.
 
-A stage config file looks like this (`configs/shapes/vae.yaml`)::
+A stage config file looks like this (the shipped `vae` config, `pocketdiff/configs/shapes/vae.yaml`)::
 
     stage: vae                      # a key of pocketdiff.training.stages.STAGES
     export_dir: models/shapes/vae   # where the final (EMA) component is saved
@@ -187,11 +187,12 @@ def parse_set(items: list[str] | None) -> dict:
 
 
 def read_config_dict(path: str | Path, preset: str | None = None, overrides: dict | None = None) -> dict:
-    """The YAML file as a dict, with `presets[preset]` and then `overrides` deep-merged in."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    """The YAML file as a dict, with `presets[preset]` and then `overrides` deep-merged in. `path` is a shipped
+    config's name (`student`) or a path (`pocketdiff.resources.config_path`)."""
     from pocketdiff.loading import read_yaml
+    from pocketdiff.resources import config_path
+
+    path = config_path(path)
 
     raw = read_yaml(path, error=ConfigError) or {}
     if not isinstance(raw, dict):

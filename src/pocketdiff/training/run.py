@@ -1,7 +1,8 @@
 """Train one stage from its config: what `pocketdiff train STAGE` runs, callable from Python.
 
     summary = run_stage("vae", preset="quick", overrides={"max_steps": 100})   # the stage's shipped config
-    cfg = load_config("my_vae.yaml", "quick")   # a TrainConfig, options checked against the stage's Options
+    cfg = load_config("vae", "quick")           # a TrainConfig, options checked against the stage's Options
+    cfg = load_config("my_vae.yaml")            # a path is a path (pocketdiff.resources.config_path)
 
 `load_config` lives here rather than in `training.config` because it needs the stage registry
 (`training.stages`), whose stages themselves use `training.config`.
@@ -46,7 +47,7 @@ def run_stage(
     json_path: str | Path | None = None,
     overrides: dict | None = None,
 ) -> dict:
-    """Load `config` (default configs/shapes/NAME.yaml), train stage `name`, return (and optionally write) the summary.
+    """Load `config` (a shipped config's name or a YAML path; default: the shipped config NAME), train stage `name`, return (and optionally write) the summary.
 
     The export goes inside the run directory (`default_export_dir`) unless `overrides` name an `export_dir` (the
     CLI's `--export PATH` / `--set export_dir=PATH`): a config's `export_dir` (the shipped configs name the shipped
@@ -58,7 +59,7 @@ def run_stage(
     check_output_file("--json", json_path, (".json",))
     if (overrides or {}).get("export_dir") is not None:
         check_output_dir("--export", overrides["export_dir"])
-    config = Path(config) if config is not None else Path(f"configs/shapes/{name}.yaml")
+    config = name if config is None else config
     cfg = load_config(config, preset, overrides)  # validates options against the stage the file names
     check_output_dir("--out", out if out is not None else cfg.run_dir)
     if cfg.stage != name:

@@ -1,6 +1,6 @@
 """Stage `ufogen`: UFOGen's diffusion-GAN fine-tune (Xu et al. 2023), a pretrained UNet made a one-step generator.
 
-    pocketdiff train ufogen --config configs/shapes/ufogen.yaml                        # from the 8-step student
+    pocketdiff train ufogen --config ufogen                        # from the 8-step student
     pocketdiff train ufogen --set options.init_unet=models/shapes/unet --set export_dir=runs/ufogen_teacher/unet
 
 Each step (x0: a batch's VAE latents, c: its captions, T: the training schedule's length):
