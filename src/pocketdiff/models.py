@@ -59,20 +59,29 @@ def load_flexunet(path: str | Path):
 def load_teacher(teacher_dir: str | Path, teacher_unet: str | Path | None = None):
     """A trained model directory as frozen training context: (scheduler config, tokenizer, {"teacher": FlexUNet,
     "vae", "text_encoder"}). The teacher must predict v; `teacher_unet` swaps in another UNet directory."""
-    from pocketdiff.loading import load_component, read_scheduler_config
-    from pocketdiff.text.tokenizer import load_tokenizer
+    from pocketdiff.loading import read_scheduler_config
 
     root = Path(teacher_dir)
     if not (root / "scheduler").is_dir():
         raise ConfigError(f"options.teacher_dir: {root} has no scheduler/*.json (a trained model dir is needed)")
     sched_config = read_scheduler_config(root)
     if sched_config.get("prediction_type") != "v_prediction":
-        raise ConfigError(f"{root}: the teacher must predict v (SnapFusion fine-tunes it to v-prediction first), "
-                          f"its scheduler says {sched_config.get('prediction_type')!r}")
+        raise ConfigError(f"{root}: the teacher must predict v, its scheduler says "
+                          f"{sched_config.get('prediction_type')!r}: fine-tune it to v-prediction first, as SnapFusion "
+                          f"does (`pocketdiff train vpred --teacher {root} --export DIR`, then --teacher DIR)")
     teacher = load_flexunet(teacher_unet or root / "unet").eval().requires_grad_(False)
-    frozen = {"teacher": teacher, "vae": load_vae(root / "vae"),
-              "text_encoder": load_component(root, "text_encoder", "CLIPTextModel")}
-    return sched_config, load_tokenizer(root / "tokenizer"), frozen
+    tokenizer, frozen = load_text_and_vae(root)
+    return sched_config, tokenizer, {"teacher": teacher, **frozen}
+
+
+def load_text_and_vae(model_dir: str | Path):
+    """(tokenizer, {"vae", "text_encoder"}) of a model directory: the model's own tokenizer (the shapes world's
+    word-level one, or SD-1.5's CLIP BPE) and text encoder, as the frozen context of a training stage."""
+    from pocketdiff.loading import load_component, load_tokenizer_dir
+
+    root = Path(model_dir)
+    frozen = {"vae": load_vae(root / "vae"), "text_encoder": load_component(root, "text_encoder", "CLIPTextModel")}
+    return load_tokenizer_dir(root, "tokenizer"), frozen
 
 
 def init_student(teacher, arch: str | None, depth: float = 1.0):
@@ -125,4 +134,4 @@ def save_unet(unet, export_dir, extra_json: dict[str, dict] | None = None) -> No
             (tmp / name).write_text(json.dumps(data, indent=1))
 
 
-__all__ = ["build_vae", "init_student", "load_flexunet", "load_teacher", "load_vae", "save_unet", "student_spec"]
+__all__ = ["build_vae", "init_student", "load_flexunet", "load_teacher", "load_text_and_vae", "load_vae", "save_unet", "student_spec"]

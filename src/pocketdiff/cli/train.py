@@ -71,8 +71,30 @@ def _command(name: str):
 
 
 for _name in STAGES:
-    if _name not in ("student", "distill"):  # below: the same command with the stage's own flags
+    if _name not in ("student", "distill", "vpred"):  # below: the same command with the stage's own flags
         app.command(_name)(_command(_name))
+
+
+@app.command("vpred")
+def vpred(
+    teacher: Path = typer.Option(None, "--teacher", help="the epsilon-prediction model directory (SD-1.5 layout)"),
+    data: str = typer.Option(None, "--data", help="training images: a folder of captioned images"),
+    resolution: int = typer.Option(None, "--resolution", help="image size [default: the VAE's, 512 for SD-1.5]"),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config [default: the shipped vpred.yaml]"),
+    preset: str = typer.Option(None, "--preset", "-p"),
+    out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
+    export: Path = typer.Option(None, "--export", help="the v-prediction model directory [RUN/export/model]"),
+    resume: bool = typer.Option(False, "--resume"),
+    json_path: Path = typer.Option(None, "--json"),
+    set_: list[str] = typer.Option(None, "--set", help="override a config key: --set max_steps=2000"),
+) -> None:
+    """Fine-tune an epsilon-prediction teacher (SD-1.5) to predict v, SnapFusion's first step."""
+    flags = {"teacher_dir": teacher and str(teacher), "data": data, "resolution": resolution}
+    overrides = parse_set(set_)
+    overrides.setdefault("options", {}).update({k: v for k, v in flags.items() if v is not None})
+    if export is not None:
+        overrides["export_dir"] = str(export)
+    echo_summary(run_stage("vpred", config, preset, out, resume, json_path, overrides))
 
 
 @app.command("student")

@@ -95,11 +95,7 @@ class TextToImagePipeline(DiffusionPipeline):
         """Token states the UNet cross-attends to ([B, L, D], SD's `last_hidden_state`). "" is unconditional."""
         from ..text.tokenizer import tokenize_prompts
 
-        if hasattr(self.tokenizer, "backend_tokenizer") and "<bos>" in self.tokenizer.get_vocab():
-            ids = tokenize_prompts(self.tokenizer, list(prompts))  # our word-level tokenizer: warns on unknown words
-        else:  # a CLIP BPE tokenizer (Stable Diffusion)
-            ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                                 max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+        ids = tokenize_prompts(self.tokenizer, list(prompts))  # word-level (warns on unknown words) or CLIP BPE
         return self.text_encoder(input_ids=ids.to(self.device)).last_hidden_state
 
     # --------------------------------------------------------------- sampling

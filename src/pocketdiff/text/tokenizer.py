@@ -87,16 +87,25 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return load_tokenizer_dir(path.parent, path.name, PreTrainedTokenizerFast)
 
 
-def tokenize_prompts(tokenizer: PreTrainedTokenizerFast, prompts: str | Sequence[str], warn: bool = True) -> torch.Tensor:
-    """Prompts -> input ids [B, model_max_length] (bos, words, eos, pads).
+def is_word_level(tokenizer) -> bool:
+    """Whether `tokenizer` is this module's word-level tokenizer (else: a model's own, e.g. SD-1.5's CLIP BPE)."""
+    return hasattr(tokenizer, "backend_tokenizer") and BOS in tokenizer.get_vocab()
 
-    Warns (`warnings.warn`) naming words outside the vocabulary (they become `<unk>`) and prompts longer than
+
+def tokenize_prompts(tokenizer: PreTrainedTokenizerFast, prompts: str | Sequence[str], warn: bool = True) -> torch.Tensor:
+    """Prompts -> input ids [B, model_max_length] (bos, words, eos, pads). Any other tokenizer (a teacher's CLIP
+    BPE) pads and truncates to its own `model_max_length` (77 for SD-1.5).
+
+    Word-level: warns (`warnings.warn`) naming words outside the vocabulary (they become `<unk>`) and prompts longer than
     the context (truncated; `<eos>` is kept)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     if not all(isinstance(p, str) for p in prompts):
         raise DataError("prompts must be strings")
     length = tokenizer.model_max_length
+    if not is_word_level(tokenizer):  # a model's own tokenizer (SD-1.5's CLIP BPE): its own padding and truncation
+        return tokenizer(list(prompts), padding="max_length", truncation=True, max_length=length,
+                         return_tensors="pt").input_ids
     if warn:
         vocab, backend = tokenizer.get_vocab(), tokenizer.backend_tokenizer
         for prompt in prompts:

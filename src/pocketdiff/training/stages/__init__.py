@@ -16,12 +16,14 @@ from pocketdiff.training.stages.student import StudentStage
 from pocketdiff.training.stages.teacher import TeacherStage
 from pocketdiff.training.stages.ufogen import UFOGenStage
 from pocketdiff.training.stages.vae import VAEStage
+from pocketdiff.training.stages.vpred import VPredStage
 
 STAGES: dict[str, type[Stage]] = {
     "tokenizer": TokenizerStage,
     "clip": CLIPStage,
     "vae": VAEStage,
     "teacher": TeacherStage,
+    "vpred": VPredStage,
     "decoder": DecoderStage,
     "distill": DistillStage,
     "student": StudentStage,

@@ -68,6 +68,7 @@ class DistillStage(Stage):
         latent_sample: bool = True  # VAE posterior samples (False: means), as the teacher was trained
         two_object_fraction: float = 0.5
         data: str = "shapes"
+        resolution: int | None = None  # image size of a data folder; None: the VAE's sample_size (512 for SD-1.5)
         eval_prompts: int = 48  # held-out prompts judged at each evaluation (half single, half two objects)
         eval_guidance: float = 3.0  # the student is evaluated at student_steps DDIM steps
         sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
@@ -103,7 +104,7 @@ class DistillStage(Stage):
             self.grid = distillation_grid(self.sched_config, o.teacher_steps, o.student_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.dataset = open_dataset(o.data)
+        self.dataset = open_dataset(o.data, o.resolution or self._frozen["vae"].config.sample_size)
         return self._frozen
 
     def build(self):

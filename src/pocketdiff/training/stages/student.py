@@ -62,6 +62,7 @@ class StudentStage(Stage):
         latent_sample: bool = True  # as the teacher was trained (encode_latents)
         two_object_fraction: float = 0.5
         data: str = "shapes"
+        resolution: int | None = None  # image size of a data folder; None: the VAE's sample_size (512 for SD-1.5)
         eval_prompts: int = 48
         eval_steps: int = 20
         eval_guidance: float = 3.0
@@ -83,7 +84,7 @@ class StudentStage(Stage):
 
         self.sched_config, self.tokenizer, self._frozen = load_teacher(self.opts.teacher_dir, self.opts.teacher_unet)
         self.scheduler = DDPMScheduler.from_config(self.sched_config)
-        self.dataset = open_dataset(self.opts.data)
+        self.dataset = open_dataset(self.opts.data, self.opts.resolution or self._frozen["vae"].config.sample_size)
         return self._frozen
 
     def build(self):

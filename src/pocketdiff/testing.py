@@ -1,0 +1,203 @@
+"""Tiny stand-ins for the real path, built locally in seconds (nothing downloaded): what the tests and the docs'
+commands run on.
+
+    make_sd15_dir("tiny-sd15")            # SD-1.5 layout: CLIP BPE tokenizer, CLIPTextModel, AutoencoderKL,
+                                          # UNet2DConditionModel, epsilon-prediction PNDM scheduler, model_index.json
+    make_caption_folder("data", n=16)     # captioned PNGs (captions.jsonl), the shapes world's scenes
+    make_clip_dir("tiny-clip")            # a transformers CLIPModel + tokenizer + image processor, for CLIP score
+    make_inception_standin("incep.pt")    # a TorchScript network with the call signature of the FID Inception
+
+Every network has random weights at a tiny width: the fixture checks that the code paths run and fit together
+(layouts, shapes, tokenizers, configs), never quality. The layout is that of `runwayml/stable-diffusion-v1-5`:
+four UNet levels (three with cross-attention), a four-level VAE (8x downsampling), a 77-token CLIP BPE tokenizer
+given as vocab.json + merges.txt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+CONTEXT = 77
+
+
+def _byte_alphabet() -> list[str]:
+    """CLIP's byte-to-unicode table (GPT-2's): the 256 printable stand-ins for the bytes."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def bpe_vocab(texts, num_merges: int = 200) -> tuple[dict[str, int], list[str]]:
+    """A CLIP-style BPE vocabulary learned from `texts` (lower-cased words, `</w>` marks a word's end): the 256 byte
+    symbols, each with `</w>`, then `num_merges` merges of the most frequent pair (Sennrich et al. 2016), then the
+    two special tokens. Returns (vocab, merges) as `CLIPTokenizer(vocab=..., merges=...)` takes them."""
+    alphabet = _byte_alphabet()
+    words = Counter(w for t in texts for w in t.lower().replace(",", " , ").replace(".", " . ").split())
+    seqs = {w: tuple(w[:-1]) + (w[-1] + "</w>",) for w in words}
+    merges: list[str] = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for w, s in seqs.items():
+            for a, b in zip(s, s[1:]):
+                pairs[a, b] += words[w]
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        merges.append(f"{a} {b}")
+        for w, s in seqs.items():
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == (a, b):
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            seqs[w] = tuple(out)
+    tokens = alphabet + [c + "</w>" for c in alphabet] + [m.replace(" ", "") for m in merges] + [BOS, EOS]
+    vocab: dict[str, int] = {}
+    for t in tokens:
+        vocab.setdefault(t, len(vocab))
+    return vocab, merges
+
+
+def write_clip_tokenizer(directory: str | Path, texts, num_merges: int = 200):
+    """vocab.json + merges.txt + tokenizer_config.json, as SD-1.5's tokenizer/ (no tokenizer.json): a
+    `CLIPTokenizer` with a 77-token context."""
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab, merges = bpe_vocab(texts, num_merges)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": CONTEXT, "bos_token": BOS, "eos_token": EOS,
+        "unk_token": EOS, "pad_token": EOS, "do_lower_case": True}, indent=1))
+    return CLIPTokenizer.from_pretrained(str(directory))
+
+
+def _scenes(n: int, seed: int, size: int | None = 64) -> tuple[np.ndarray | None, list[str]]:
+    from pocketdiff.data.shapes import caption, render, sample_scene
+
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    captions = [caption(s, rng) for s in scenes]
+    return (np.stack([render(s, size, rng) for s in scenes]) if size else None), captions
+
+
+def vocabulary_texts() -> list[str]:
+    """Texts the fixture tokenizers learn their merges from (shapes-world captions, so the test prompts tokenize
+    into few pieces; any text still tokenizes, byte by byte)."""
+    return _scenes(256, 1234, None)[1]
+
+
+def text_encoder_config(vocab_size: int, hidden: int = 32, projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=CONTEXT, projection_dim=projection_dim or hidden,
+                          hidden_act="quick_gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                          pad_token_id=vocab_size - 1)
+
+
+def make_sd15_dir(root: str | Path, seed: int = 0, image_size: int = 64, channels: tuple[int, ...] = (16, 32, 32, 32),
+                  text_hidden: int = 32) -> Path:
+    """A tiny SD-1.5-layout pipeline directory with random weights (epsilon prediction, SD's schedule)."""
+    import diffusers
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = write_clip_tokenizer(root / "tokenizer", vocabulary_texts())
+    CLIPTextModel(text_encoder_config(len(tok), text_hidden)).save_pretrained(root / "text_encoder")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
+        sample_size=image_size, scaling_factor=0.18215,
+    ).save_pretrained(root / "vae")
+    UNet2DConditionModel(
+        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=channels,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=text_hidden, attention_head_dim=2, norm_num_groups=8,
+    ).save_pretrained(root / "unet")
+    PNDMScheduler(  # runwayml/stable-diffusion-v1-5's scheduler_config.json
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, prediction_type="epsilon",
+    ).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+    return root
+
+
+def make_caption_folder(root: str | Path, n: int = 16, seed: int = 0, size: int = 64) -> Path:
+    """`n` captioned PNGs (`captions.jsonl`), shapes-world scenes at `size` px."""
+    from PIL import Image
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    images, captions = _scenes(n, seed, size)
+    rows = []
+    for i, (im, cap) in enumerate(zip(images, captions)):
+        name = f"{i:05d}.png"
+        Image.fromarray(im).save(root / name)
+        rows.append(json.dumps({"file": name, "caption": cap}))
+    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_clip_dir(root: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A tiny transformers `CLIPModel` directory (model, BPE tokenizer, image processor) for CLIP score."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig
+
+    root = Path(root)
+    torch.manual_seed(seed)
+    tok = write_clip_tokenizer(root, vocabulary_texts())
+    text = text_encoder_config(len(tok), 32, 16).to_dict()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8, projection_dim=16).to_dict()
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(root)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+                       ).save_pretrained(root)
+    return root
+
+
+class _InceptionStandin(torch.nn.Module):
+    """The call signature of the TorchScript FID Inception (`inception-2015-12-05.pt`: float images 0-255,
+    [N, 3, H, W] -> [N, 2048] pool features with `return_features=True`), at 64 features, random weights."""
+
+    def __init__(self, features: int = 64):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, features, 5, stride=4)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return torch.relu(self.conv(x / 128.0 - 1.0)).mean(dim=(2, 3))
+
+
+def make_inception_standin(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random TorchScript stand-in for the FID Inception (see `_InceptionStandin`): tests only."""
+    torch.manual_seed(seed)
+    torch.jit.script(_InceptionStandin()).save(str(path))
+    return Path(path)
+
+
+__all__ = ["bpe_vocab", "make_caption_folder", "make_clip_dir", "make_inception_standin", "make_sd15_dir",
+           "write_clip_tokenizer"]
