@@ -194,8 +194,12 @@ class _InceptionStandin(torch.nn.Module):
 
 def make_inception_standin(path: str | Path, seed: int = 0) -> Path:
     """A tiny random TorchScript stand-in for the FID Inception (see `_InceptionStandin`): tests only."""
+    import warnings
+
     torch.manual_seed(seed)
-    torch.jit.script(_InceptionStandin()).save(str(path))
+    with warnings.catch_warnings():  # torch.jit is deprecated; the FID Inception it stands in for is TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_InceptionStandin()).save(str(path))
     return Path(path)
 
 

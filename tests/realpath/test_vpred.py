@@ -40,11 +40,11 @@ def test_vpred_loss_is_the_mse_on_v(sd15_dir, caption_folder):
     (computed here from the alphas, not through diffusers' get_velocity) has loss 0."""
     import numpy as np
 
-    from pocketdiff.training.run import load_config
+    from pocketdiff.training.config import config_from_dict
     from pocketdiff.training.stages.vpred import VPredStage
 
-    cfg = load_config("configs/shapes/vpred.yaml", "quick",
-                      {"options": {"teacher_dir": str(sd15_dir), "data": str(caption_folder)}})
+    cfg = config_from_dict({"stage": "vpred", "export_dir": "unused", "batch_size": 2,
+                            "options": {"teacher_dir": str(sd15_dir), "data": str(caption_folder)}}, VPredStage.Options)
     stage = VPredStage(cfg)
     frozen = stage.build_frozen()
     batch = stage.get_batch(np.random.default_rng(0))

@@ -163,8 +163,21 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    protocol: str = typer.Option("heldout", "--protocol", help="heldout (the shapes world's held-out sets and judge) "
+                                 "| coco (FID and CLIP score over captions: needs the four options below)"),
+    captions: Path = typer.Option(None, "--captions", help="coco: a text file (one caption per line) or COCO's "
+                                  "captions_val2014.json"),
+    reference_images: Path = typer.Option(None, "--reference-images", help="coco: FID reference, a directory of "
+                                          "images or a .safetensors of their statistics (--save-reference-stats)"),
+    inception_weights: Path = typer.Option(None, "--inception-weights", help="coco: the TorchScript FID Inception "
+                                           "(inception-2015-12-05.pt)"),
+    clip_model: Path = typer.Option(None, "--clip-model", help="coco: a transformers CLIP directory"),
+    n: int = typer.Option(None, "--n", help="coco: the first N captions [default: all; the papers use 30000]"),
+    batch_size: int = typer.Option(16, "--batch-size", help="coco: images generated per batch"),
+    save_reference_stats: Path = typer.Option(None, "--save-reference-stats",
+                                              help="coco: write the reference's Inception statistics (.safetensors)"),
 ) -> None:
-    """Compositional accuracy, domain FID and domain CLIP score on held-out prompts."""
+    """Compositional accuracy, domain FID and domain CLIP score on held-out prompts; or the COCO protocol."""
     from rich.console import Console
     from rich.table import Table
 
@@ -176,6 +189,12 @@ def eval_cmd(
     check_output_dir("--save-images", save_images)
     guidances = parse_floats(guidance)
     _check_sampling(model, steps, guidances, threads)
+    if protocol == "coco":
+        return _eval_coco(model, unet, vae, steps, guidances, scheduler, seed, json_path, save_images, threads,
+                          device, dtype, backend, captions, reference_images, inception_weights, clip_model, n,
+                          batch_size, save_reference_stats)
+    if protocol != "heldout":
+        raise DataError(f"--protocol {protocol!r}: heldout or coco")
     for pset in prompts:
         load_prompts(pset, limit)  # a missing or unreadable prompts file fails now, not after the first set
     pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype, backend)
@@ -203,6 +222,42 @@ def eval_cmd(
         what = {"model": str(model), "unet": unet and str(unet), "vae": vae and str(vae),  # which weights were judged
                 "dtype": pipe.dtype_name, "backend": pipe.backend}
         write_json_atomic(json_path, {**what, **(results[0] if len(results) == 1 else {}), "results": results})
+
+
+def _eval_coco(model, unet, vae, steps, guidances, scheduler, seed, json_path, save_images, threads, device, dtype,
+               backend, captions, reference_images, inception_weights, clip_model, n, batch_size, save_stats) -> None:
+    """`eval --protocol coco`: FID and CLIP score over N captions, one row per guidance scale."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pocketdiff.evaluation.coco import CocoMetrics, evaluate_coco, load_captions
+
+    needed = {"--captions": captions, "--reference-images": reference_images, "--inception-weights": inception_weights,
+              "--clip-model": clip_model}
+    missing = [k for k, v in needed.items() if v is None]
+    if missing:
+        raise DataError(f"--protocol coco needs {', '.join(missing)} (see docs/real-path.md)")
+    check_int("--n", n, 1)
+    check_int("--batch-size", batch_size, 1)
+    check_output_file("--save-reference-stats", save_stats, (".safetensors",))
+    texts = load_captions(captions, n)
+    metrics = CocoMetrics(inception_weights, clip_model, reference_images)  # missing weights fail before generating
+    if save_stats is not None:
+        metrics.save_stats(save_stats)
+    pipe = _pipe(model, unet, vae, scheduler, threads, device, dtype, backend)
+    results = evaluate_coco(pipe, texts, metrics, steps, guidances, scheduler, seed, batch_size, save_images)
+    table = Table(title=f"COCO protocol: {model} ({'unet ' + str(unet) if unet else 'its own UNet'}), {steps} "
+                        f"{scheduler} steps, N = {len(texts)} captions, {metrics.n_reference} reference images")
+    for col in ("w", "N", "FID", "CLIP score"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(f"{r['guidance']:g}", str(r["n"]), f"{r['fid']:.2f}", f"{r['clip_score']:.2f}")
+    Console().print(table)
+    if json_path:
+        write_json_atomic(json_path, {"protocol": "coco", "model": str(model), "unet": unet and str(unet),
+                                      "captions": str(captions), "reference": str(reference_images),
+                                      "inception": str(inception_weights), "clip_model": str(clip_model),
+                                      "n": len(texts), "dtype": pipe.dtype_name, "results": results})
 
 
 def demo(
