@@ -63,9 +63,10 @@ def test_vpred_loss_is_the_mse_on_v(sd15_dir, caption_folder):
     assert batch["pixel_values"].shape[-1] == 64  # the VAE's sample_size, as no resolution was given
 
 
-def test_an_already_v_teacher_is_refused(vpred_dir):
+def test_an_already_v_teacher_is_only_fine_tuned_with_a_warning(vpred_dir, caption_folder):
     from pocketdiff.training.run import run_stage
 
-    with pytest.raises(ConfigError, match="already predicts v"):
-        run_stage("vpred", preset="quick", overrides={"options": {"teacher_dir": str(vpred_dir)}},
-                  out=vpred_dir.parent / "again")
+    with pytest.warns(UserWarning, match="already predicts v"):
+        run_stage("vpred", preset="quick", out=vpred_dir.parent / "again", overrides={
+            "max_steps": 1, "export_dir": str(vpred_dir.parent / "again" / "model"),
+            "options": {"teacher_dir": str(vpred_dir), "data": str(caption_folder)}})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,8 @@ class VPredStage(Stage):
                               "tokenizer/, text_encoder/, vae/, unet/, scheduler/)")
         self.sched_config = read_scheduler_config(root)
         if self.sched_config.get("prediction_type", "epsilon") == "v_prediction":
-            raise ConfigError(f"{root}: already predicts v (its scheduler says so); use it as --teacher of "
-                              "`train student` / `train distill` directly")
+            warnings.warn(f"{root} already predicts v (its scheduler says so): this run only fine-tunes it on the "
+                          "data; it is a --teacher of `train student` / `train distill` as it is", stacklevel=2)
         # the teacher's schedule (SD: scaled_linear, 1000 steps), its target switched to v
         self.scheduler = DDPMScheduler.from_config(self.sched_config, prediction_type="v_prediction")
         self.tokenizer, self._frozen = load_text_and_vae(root)
