@@ -45,12 +45,24 @@ def min_snr_weight(scheduler, t: torch.Tensor, gamma: float, prediction_type: st
 def noised_latents(scheduler, vae, batch: dict, latent_sample: bool = True):
     """(x0, eps, t, z_t): the batch's images as VAE latents, noise drawn from the batch's seed (exact resume without
     a torch RNG), z_t = alpha_t x0 + sigma_t eps (the forward process, `scheduler.add_noise`)."""
-    with torch.no_grad():
-        x0 = encode_latents(vae, batch["pixel_values"], sample=latent_sample,
-                            generator=torch.Generator().manual_seed(batch["noise_seed"])).float()
+    x0 = batch_latents(vae, batch, latent_sample)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
     t = batch["t"].to(x0.device)
     return x0, noise, t, scheduler.add_noise(x0, noise, t)
+
+
+@torch.no_grad()
+def batch_latents(vae, batch: dict, sample: bool = True) -> torch.Tensor:
+    """x0 of a training batch (fp32): its images encoded (`encode_latents`), or, from a latent cache
+    (`pocketdiff.data.latent_cache`), the saved posterior's sample, drawn from the batch's seed as the encoder path
+    draws it, so the two give the same latents up to the cache's fp16 rounding."""
+    generator = torch.Generator().manual_seed(batch["noise_seed"])
+    if "latent_moments" not in batch:
+        return encode_latents(vae, batch["pixel_values"], sample=sample, generator=generator).float()
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    posterior = DiagonalGaussianDistribution(batch["latent_moments"].float())
+    return ((posterior.sample(generator=generator) if sample else posterior.mode()) * vae.config.scaling_factor).float()
 
 
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, sample: bool = True,
@@ -69,4 +81,4 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, sample: bool = True
     return z * vae.config.scaling_factor
 
 
-__all__ = ["encode_latents", "min_snr_weight", "noise_schedule", "noised_latents", "sample_timesteps"]
+__all__ = ["batch_latents", "encode_latents", "min_snr_weight", "noise_schedule", "noised_latents", "sample_timesteps"]

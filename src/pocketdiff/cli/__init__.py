@@ -14,13 +14,14 @@ from ..errors import PocketDiffError
 
 
 def build_app() -> typer.Typer:
-    from . import arch, bench, evolve, export, generate, profile, prune, sweep, train
+    from . import arch, bench, data, evolve, export, generate, profile, prune, sweep, train
 
     app = typer.Typer(help="Efficient mobile text-to-image diffusion (SnapFusion, MobileDiffusion).",
                       no_args_is_help=True, pretty_exceptions_enable=False)
     app.add_typer(arch.app, name="arch")
     app.add_typer(train.app, name="train")
     app.add_typer(prune.app, name="prune")
+    app.add_typer(data.app, name="data")
     profile.register(app)
     generate.register(app)
     sweep.register(app)

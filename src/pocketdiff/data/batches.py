@@ -18,12 +18,29 @@ from pocketdiff.errors import DataError
 
 
 def random_batch(dataset, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
-    """A batch from a map-style dataset (items: dicts of tensors / strings), indices drawn with `rng` (exact resume)."""
-    if len(dataset) == 0:
-        raise DataError("the dataset is empty")
-    items = [dataset[int(i)] for i in rng.integers(len(dataset), size=batch_size)]
-    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor) else [it[k] for it in items]
-            for k in items[0]}
+    """A batch from a map-style dataset (items: dicts of tensors / strings), indices drawn with `rng` (exact resume).
+    An item that is None (a bad row: an undecodable image, no caption) is replaced by another draw and counted in
+    the batch's "skipped"; an iterable dataset (webdataset) is read in order (its examples count their own skips)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        it = dataset.__dict__.setdefault("_batch_iter", iter(dataset))
+        items = [next(it) for _ in range(batch_size)]
+        skipped = sum(int(x.pop("skipped", 0)) for x in items)
+    else:
+        if len(dataset) == 0:
+            raise DataError("the dataset is empty")
+        items, skipped = [], 0
+        while len(items) < batch_size:
+            item = dataset[int(rng.integers(len(dataset)))]
+            if item is None:
+                skipped += 1
+                if skipped > 100 * batch_size + 1000:
+                    raise DataError(f"the data source gave {skipped} bad items in a row (see the warnings above)")
+                continue
+            items.append(item)
+    batch = {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor) else [it[k] for it in items]
+             for k in items[0]}
+    batch["skipped"] = skipped
+    return batch
 
 
 def image_batch(data: str, rng: np.random.Generator, batch_size: int, two_object_fraction: float, dataset=None):
@@ -36,15 +53,35 @@ def image_batch(data: str, rng: np.random.Generator, batch_size: int, two_object
     return random_batch(dataset, rng, batch_size)
 
 
-def open_dataset(data: str, size: int = 64):
-    """None for the built-in shapes world, else an ImageCaptionFolder at `data`."""
+def image_fields(batch: dict) -> dict:
+    """The part of a data batch a diffusion stage trains on: its images ("pixel_values") or cached VAE posteriors
+    ("latent_moments"), and "skipped", the bad examples dropped to fill it (counted into the run's log)."""
+    return {k: batch[k] for k in ("pixel_values", "latent_moments", "skipped") if k in batch}
+
+
+def open_dataset(data: str, size: int = 64, seed: int = 0):
+    """The data source `data` names, its images at `size` px: None for the built-in shapes world; a latent cache
+    (`pocketdiff data cache-latents`); webdataset shards (a directory of *.tar, a brace pattern or a .tar); parquet
+    files or a saved `datasets` directory; else a folder of captioned images."""
     if data == "shapes":
         return None
-    if not Path(data).is_dir():
-        raise DataError(f"options.data: {data!r} is neither 'shapes' nor a folder of images and captions")
+    from pocketdiff.data.latent_cache import LatentCache, is_latent_cache
+    from pocketdiff.data.sources import TableSource, WebDataSource
+
+    path = Path(data)
+    if is_latent_cache(path):
+        return LatentCache(path)
+    if ".tar" in data or (path.is_dir() and any(path.glob("*.tar"))):
+        return WebDataSource(data, size, seed)
+    if data.endswith(".parquet") or (path.is_dir() and (any(path.glob("*.parquet"))
+                                                        or (path / "dataset_info.json").is_file())):
+        return TableSource(data, size)
+    if not path.is_dir():
+        raise DataError(f"options.data: {data!r} is neither 'shapes' nor a folder of captioned images, webdataset "
+                        "shards, parquet files or a latent cache")
     from pocketdiff.data.folder import ImageCaptionFolder
 
     return ImageCaptionFolder(data, size=size)
 
 
-__all__ = ["image_batch", "open_dataset", "random_batch"]
+__all__ = ["image_batch", "image_fields", "open_dataset", "random_batch"]

@@ -67,9 +67,13 @@ def load_image(path: Path, size: int) -> np.ndarray:
     """RGB uint8 (size, size, 3): the short side resized to `size`, then a center crop."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            return center_crop(im.convert("RGB"), size)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def center_crop(im: Image.Image, size: int) -> np.ndarray:
+    """An RGB image -> uint8 (size, size, 3): the short side resized to `size` (bicubic), then a center crop."""
     scale = size / min(im.size)
     w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
     im = im.resize((w, h), Image.Resampling.BICUBIC)

@@ -36,8 +36,8 @@ from typing import Literal
 
 import torch
 
-from pocketdiff.data.batches import image_batch, open_dataset
-from pocketdiff.diffusion import encode_latents
+from pocketdiff.data.batches import image_batch, image_fields, open_dataset
+from pocketdiff.diffusion import batch_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
 from pocketdiff.training.distill import (alpha_sigma, auto_gamma, distillation_grid, step_distillation_loss,
@@ -51,6 +51,7 @@ class DistillStage(Stage):
     """SnapFusion's CFG-aware step distillation: a student UNet taking one DDIM step for the teacher's two."""
 
     name = "distill"
+    data_skipped = 0  # bad examples (corrupt image, no caption, empty shard) dropped so far: in the summary
 
     @dataclass
     class Options:
@@ -115,12 +116,13 @@ class DistillStage(Stage):
     def get_batch(self, rng):
         o, n = self.opts, self.cfg.batch_size
         b = image_batch(o.data, rng, n, o.two_object_fraction, self.dataset)
+        self.data_skipped += int(b.get("skipped", 0))
         captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
         j = rng.integers(0, o.student_steps, size=n)  # which student step: (t, t', t'') = grid[j]
         w = rng.uniform(*o.w_range, size=n)
         cfg = rng.random(size=n) < o.p if o.mix == "sample" else [rng.random() < o.p] * n
         # the CFG loss with w = 1 is the vanilla loss: per-sample mixing sets w = 1 where the draw says vanilla
-        return {"pixel_values": b["pixel_values"], "caption": captions, "t": self.grid[torch.from_numpy(j)],
+        return {**image_fields(b), "caption": captions, "t": self.grid[torch.from_numpy(j)],
                 "w": torch.tensor([wi if ci else 1.0 for wi, ci in zip(w, cfg)], dtype=torch.float32),
                 "cfg": bool(any(cfg)), "noise_seed": int(rng.integers(2**62))}
 
@@ -129,8 +131,7 @@ class DistillStage(Stage):
 
         vae, te = frozen["vae"], frozen["text_encoder"]
         with torch.no_grad():
-            x = encode_latents(vae, batch["pixel_values"], sample=self.opts.latent_sample,
-                               generator=torch.Generator().manual_seed(batch["noise_seed"])).float()
+            x = batch_latents(vae, batch, self.opts.latent_sample)
             cond = encode_prompts(self.tokenizer, te, batch["caption"])
             uncond = encode_prompts(self.tokenizer, te, [""] * len(x)) if batch["cfg"] else None
         eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x)
@@ -157,7 +158,8 @@ class DistillStage(Stage):
 
     def evaluate(self, models, frozen):
         pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
-        return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.student_steps, self.opts.eval_guidance)
+        return {**heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.student_steps, self.opts.eval_guidance),
+                "data_skipped": self.data_skipped}
 
     def export(self, models, frozen, export_dir):
         save_unet(models["unet"], export_dir, {"distillation.json": {

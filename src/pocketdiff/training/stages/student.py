@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.data.batches import image_batch, image_fields, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
@@ -46,6 +46,7 @@ class StudentStage(Stage):
     """A student UNet distilled from the teacher (task + output + feature losses), optionally robust-trained."""
 
     name = "student"
+    data_skipped = 0  # bad examples (corrupt image, no caption, empty shard) dropped so far: in the summary
 
     @dataclass
     class Options:
@@ -99,9 +100,10 @@ class StudentStage(Stage):
     def get_batch(self, rng):
         o = self.opts
         b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
+        self.data_skipped += int(b.get("skipped", 0))
         captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
         t = rng.integers(0, self.scheduler.config.num_train_timesteps, size=len(captions))
-        return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
+        return {**image_fields(b), "caption": captions, "t": torch.from_numpy(t),
                 "noise_seed": int(rng.integers(2**62)), "drop_seed": int(rng.integers(2**62))}
 
     def compute_loss(self, models, frozen, batch):
@@ -147,7 +149,8 @@ class StudentStage(Stage):
 
     def evaluate(self, models, frozen):
         pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
-        return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.eval_steps, self.opts.eval_guidance)
+        return {**heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.eval_steps, self.opts.eval_guidance),
+                "data_skipped": self.data_skipped}
 
     def export(self, models, frozen, export_dir):
         save_unet(models["unet"], export_dir, {"student.json": {"method": "kd+robust-training", **asdict(self.opts)}})

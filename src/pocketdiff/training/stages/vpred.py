@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.data.batches import image_batch, image_fields, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.training.loop import Stage
@@ -49,6 +49,7 @@ class VPredStage(Stage):
     """Fine-tune an epsilon-prediction teacher (SD-1.5) to predict v (SnapFusion's first step)."""
 
     name = "vpred"
+    data_skipped = 0  # bad examples (corrupt image, no caption, empty shard) dropped so far: in the summary
 
     @dataclass
     class Options:
@@ -98,10 +99,14 @@ class VPredStage(Stage):
     def get_batch(self, rng):
         o = self.opts
         b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
+        self.data_skipped += int(b.get("skipped", 0))
         captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
         t = rng.integers(0, self.scheduler.config.num_train_timesteps, size=len(captions))
-        return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
+        return {**image_fields(b), "caption": captions, "t": torch.from_numpy(t),
                 "noise_seed": int(rng.integers(2**62))}
+
+    def evaluate(self, models, frozen):
+        return {"data_skipped": self.data_skipped}
 
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
