@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0  # the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/pip install -q -e ".[test,export,prune]"
+	$(BIN)/pip install -q -e ".[test,export,prune,data]"
 	touch $(STAMP)
 
 install: $(STAMP)
