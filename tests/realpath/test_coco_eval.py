@@ -85,10 +85,11 @@ def test_clip_score_is_100_times_the_clamped_cosine(standins, caption_folder):
     m = CocoMetrics(inception, clip, caption_folder)
     images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8).numpy()
     m.add(images, ["a red circle", "a blue square"])
-    inputs = m.processor(text=["a red circle", "a blue square"], images=list(images), return_tensors="pt", padding=True)
+    clip, processor = m.clip.model, m.clip.processor
+    inputs = processor(text=["a red circle", "a blue square"], images=list(images), return_tensors="pt", padding=True)
     with torch.no_grad():
-        img = m.clip.visual_projection(m.clip.vision_model(pixel_values=inputs["pixel_values"]).pooler_output)
-        txt = m.clip.text_projection(m.clip.text_model(input_ids=inputs["input_ids"]).pooler_output)
+        img = clip.visual_projection(clip.vision_model(pixel_values=inputs["pixel_values"]).pooler_output)
+        txt = clip.text_projection(clip.text_model(input_ids=inputs["input_ids"]).pooler_output)
     cos = torch.nn.functional.cosine_similarity(img, txt)
     assert m.clip_scores == pytest.approx((100 * cos.clamp(min=0)).tolist(), abs=1e-4)
 

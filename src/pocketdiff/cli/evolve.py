@@ -35,6 +35,12 @@ def evolve(
     arch: str = typer.Option("sd15", help="--dry-run: preset, spec file or UNet dir"),
     top: int = typer.Option(20, help="--dry-run: rows to show"),
     json_path: Path = typer.Option(None, "--json", help="write the report (or the dry run's ranking) as JSON"),
+    clip_model: Path = typer.Option(None, "--clip-model", help="score with this transformers CLIP directory "
+                                    "(the real path: SD-1.5 has no judge)"),
+    probe_captions: Path = typer.Option(None, "--probe-captions", help="the probe's captions (a text file, one per "
+                                        "line; never the evaluation captions)"),
+    train_data: str = typer.Option(None, "--data", help="training data of the robust-training rounds (the "
+                                   "student stage's options.data)"),
 ) -> None:
     """Evolve a UNet: remove the blocks with least quality per ms, then copy the most valuable (Algorithm 1)."""
     from pocketdiff.io import write_json_atomic
@@ -69,9 +75,13 @@ def evolve(
     from pocketdiff.evolving import evolve as run
     from pocketdiff.training.config import deep_merge, from_dict, parse_set, read_config_dict
 
+    if clip_model is not None and metric is None:
+        metric = "clip"  # the user's CLIP: the judge is the shapes world's
     data = read_config_dict(config)
     flags = {"teacher_dir": teacher and str(teacher), "lut": lut and str(lut), "target_ms": target_latency,
-             "target_speedup": target_speedup, "criterion": criterion, "metric": metric, "group": group}
+             "target_speedup": target_speedup, "criterion": criterion, "metric": metric, "group": group,
+             "clip_model": clip_model and str(clip_model), "probe_captions": probe_captions and str(probe_captions),
+             "student_options": {"data": train_data} if train_data else None}
     if target_latency is not None or target_speedup is not None:  # a flag replaces the config's target
         data.pop("target_ms", None), data.pop("target_speedup", None)
     data = deep_merge(data, {k: v for k, v in flags.items() if v is not None})

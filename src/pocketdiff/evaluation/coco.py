@@ -95,6 +95,21 @@ def load_inception(path: str | Path) -> _Inception:
     return _Inception(path)
 
 
+class CLIPScorer:
+    """CLIP score per (image, caption) pair with a local transformers CLIP: 100 x max(cos, 0) (torchmetrics'
+    definition, Hessel et al. 2021). `CLIPScorer(DIR)(images, captions)` -> list of floats."""
+
+    def __init__(self, directory: str | Path):
+        self.model, self.processor = load_clip_model(directory)
+
+    @torch.no_grad()
+    def __call__(self, images, captions: list[str]) -> list[float]:
+        inputs = self.processor(text=list(captions), images=list(images), return_tensors="pt", padding=True,
+                                truncation=True)
+        out = self.model(**inputs)  # projected embeddings (image_embeds, text_embeds), unit norm
+        return (100 * (out.image_embeds * out.text_embeds).sum(-1).clamp(min=0)).tolist()
+
+
 def load_clip_model(directory: str | Path):
     """(CLIPModel, CLIPProcessor) from a local transformers CLIP directory."""
     from transformers import CLIPModel, CLIPProcessor
@@ -148,7 +163,7 @@ class CocoMetrics:
         if not reference.exists():
             raise DataError(f"--reference-images {reference}: no such directory or statistics file")
         self.fid = FrechetInceptionDistance(feature=load_inception(inception), reset_real_features=False)
-        self.clip, self.processor = load_clip_model(clip_model)
+        self.clip = CLIPScorer(clip_model)
         self.clip_scores: list[float] = []
         if reference.is_dir():
             images = read_images(reference)
@@ -193,10 +208,7 @@ class CocoMetrics:
     def add(self, images: np.ndarray, captions: list[str]) -> None:
         batch = _uint8_batch(list(images))
         self.fid.update(batch, real=False)
-        inputs = self.processor(text=captions, images=list(images), return_tensors="pt", padding=True, truncation=True)
-        out = self.clip(**inputs)  # projected embeddings (image_embeds, text_embeds), unit norm
-        img, txt = out.image_embeds, out.text_embeds
-        self.clip_scores += (100 * (img * txt).sum(-1).clamp(min=0)).tolist()
+        self.clip_scores += self.clip(images, captions)
 
     def result(self) -> dict:
         n = len(self.clip_scores)
@@ -231,4 +243,4 @@ def evaluate_coco(pipe, captions: list[str], metrics: CocoMetrics, steps: int, g
     return results
 
 
-__all__ = ["CocoMetrics", "INCEPTION_URL", "evaluate_coco", "load_captions", "load_clip_model", "load_inception"]
+__all__ = ["CLIPScorer", "CocoMetrics", "INCEPTION_URL", "evaluate_coco", "load_captions", "load_clip_model", "load_inception"]

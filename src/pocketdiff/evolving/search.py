@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +65,12 @@ class EvolveConfig:
     student_preset: str | None = None  # a preset of student_config (tests: quick)
     init: str | None = None  # start from this FlexUNet dir (e.g. a robust-trained teacher) instead of the teacher
     seed: int = 0
+    # the real path (docs/real-path.md): no judge and no domain CLIP; the probe's CLIP score comes from a transformers
+    # CLIP directory the user names, over `probe_captions` (a text file; else the shapes world's training stream),
+    # and the robust-training rounds take `student_options` (e.g. {"data": SHARDS, "resolution": 512})
+    clip_model: str | None = None
+    probe_captions: str | None = None
+    student_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.target_ms is None) == (self.target_speedup is None):
@@ -73,18 +79,31 @@ class EvolveConfig:
             raise EvolveError(f"--target-speedup {self.target_speedup}: must be > 1")
         if self.group < 1 or self.max_rounds < 1:
             raise EvolveError("group and max_rounds must be >= 1")
+        if self.clip_model and self.metric != "clip":
+            raise EvolveError("--clip-model scores with CLIP: use --metric clip (the judge is the shapes world's)")
 
 
 class QualityProbe:
     """Q(unet): images for fixed validation prompts and seeds -> {"clip": domain CLIP score, "accuracy": judge}."""
 
-    def __init__(self, teacher_dir: str, n: int, steps: int, guidance: float):
+    def __init__(self, teacher_dir: str, n: int, steps: int, guidance: float, clip_model: str | None = None,
+                 captions: str | None = None):
         from pocketdiff.data.shapes import make_batch
         from pocketdiff.models import load_teacher
 
         self.teacher_dir, self.steps, self.guidance = teacher_dir, steps, guidance
         self.sched_config, self.tokenizer, self.frozen = load_teacher(teacher_dir)
-        self.prompts = make_batch(np.random.default_rng(VALIDATION_SEED), n)["caption"]
+        if captions:
+            from pocketdiff.evaluation.coco import load_captions
+
+            self.prompts = load_captions(captions, n)
+        else:
+            self.prompts = make_batch(np.random.default_rng(VALIDATION_SEED), n)["caption"]
+        self.scorer = None
+        if clip_model:
+            from pocketdiff.evaluation.coco import CLIPScorer
+
+            self.scorer = CLIPScorer(clip_model)
 
     @torch.no_grad()
     def __call__(self, unet) -> dict[str, float]:
@@ -94,6 +113,8 @@ class QualityProbe:
 
         pipe = monitor_pipeline(unet.eval(), self.frozen, self.tokenizer, self.sched_config)
         images = pipe(self.prompts, num_inference_steps=self.steps, guidance_scale=self.guidance, seed=0).images
+        if self.scorer is not None:  # the user's CLIP (the real path: no judge)
+            return {"clip": float(np.mean(self.scorer(images, self.prompts)))}
         return {"clip": clip_score(images, self.prompts, self.teacher_dir),
                 "accuracy": judge(list(images), self.prompts)["accuracy"]}
 
@@ -152,7 +173,7 @@ def _train(cfg: EvolveConfig, src: Path, dst: Path, run_dir: Path, steps: int, r
     if steps == 0:  # e.g. `init` is already robust-trained
         shutil.copytree(src, dst)
         return
-    options = {"teacher_dir": cfg.teacher_dir, "arch": str(src)}
+    options = {**cfg.student_options, "teacher_dir": cfg.teacher_dir, "arch": str(src)}
     if not robust:
         options.update(p_drop_tf=0.0, p_drop_res=0.0)
     overrides = {"export_dir": str(dst), "max_steps": steps, "seed": cfg.seed, "options": options,
@@ -183,7 +204,8 @@ def evolve(cfg: EvolveConfig, out: str | Path, log=print) -> dict:
                  "trajectory": [], "done": False}
         write_json_atomic(state_file, state)
     target = state["target_ms"]
-    probe = QualityProbe(cfg.teacher_dir, cfg.probe_prompts, cfg.probe_steps, cfg.probe_guidance)
+    probe = QualityProbe(cfg.teacher_dir, cfg.probe_prompts, cfg.probe_steps, cfg.probe_guidance, cfg.clip_model,
+                         cfg.probe_captions)
 
     while not state["done"] and state["round"] < cfg.max_rounds:
         k = state["round"]
@@ -248,7 +270,8 @@ def report_markdown(report: dict) -> str:
                      f"{100 * r.get('accuracy', float('nan')):.0f}% | {', '.join(r['removed']) or '-'} | "
                      f"{', '.join(r['copied']) or '-'} |")
     q = report["final_quality"]
-    lines += [f"| final | {report['predicted_ms']:.2f} | {q['clip']:.2f} | {100 * q['accuracy']:.0f}% | | |", "",
+    lines += [f"| final | {report['predicted_ms']:.2f} | {q['clip']:.2f} | {100 * q.get('accuracy', float('nan')):.0f}% "
+              "| | |", "",
               "| stage | ResNets teacher -> evolved | transformers teacher -> evolved |", "|---|---|---|"]
     t, e = report["blocks_per_stage"]["teacher"], report["blocks_per_stage"]["evolved"]
     for stage in t:
