@@ -113,8 +113,10 @@ def text_encoder_config(vocab_size: int, hidden: int = 32, projection_dim: int |
 
 
 def make_sd15_dir(root: str | Path, seed: int = 0, image_size: int = 64, channels: tuple[int, ...] = (16, 32, 32, 32),
-                  text_hidden: int = 32) -> Path:
-    """A tiny SD-1.5-layout pipeline directory with random weights (epsilon prediction, SD's schedule)."""
+                  text_hidden: int = 32, full_size: bool = False, prediction_type: str = "epsilon") -> Path:
+    """A tiny SD-1.5-layout pipeline directory with random weights (epsilon prediction, SD's schedule).
+    `full_size`: SD-1.5's own sizes (860M-parameter UNet, 512 px VAE, 12-layer 768-wide text encoder), random
+    weights, for benchmarks (benchmarks/gpu_real_path.sh), not tests."""
     import diffusers
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -123,21 +125,29 @@ def make_sd15_dir(root: str | Path, seed: int = 0, image_size: int = 64, channel
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tok = write_clip_tokenizer(root / "tokenizer", vocabulary_texts())
-    CLIPTextModel(text_encoder_config(len(tok), text_hidden)).save_pretrained(root / "text_encoder")
+    if full_size:
+        image_size, channels, text_hidden = 512, (320, 640, 1280, 1280), 768
+        text = text_encoder_config(len(tok), text_hidden)
+        text.update(dict(intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12))
+        vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+        unet = dict(layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
+    else:
+        text = text_encoder_config(len(tok), text_hidden)
+        vae = dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)
+        unet = dict(layers_per_block=1, attention_head_dim=2, norm_num_groups=8)
+    CLIPTextModel(text).save_pretrained(root / "text_encoder")
     AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
-        sample_size=image_size, scaling_factor=0.18215,
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.18215, **vae,
     ).save_pretrained(root / "vae")
     UNet2DConditionModel(
-        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=channels,
+        sample_size=image_size // 8, in_channels=4, out_channels=4, block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=text_hidden, attention_head_dim=2, norm_num_groups=8,
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=text_hidden, **unet,
     ).save_pretrained(root / "unet")
     PNDMScheduler(  # runwayml/stable-diffusion-v1-5's scheduler_config.json
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, prediction_type="epsilon",
+        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, prediction_type=prediction_type,
     ).save_pretrained(root / "scheduler")
     (root / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,

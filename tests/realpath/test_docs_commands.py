@@ -72,7 +72,6 @@ def workdir(tmp_path, sd15_dir, caption_folder, monkeypatch):
     run = tmp_path / "work"
     run.mkdir()
     (run / "probe-captions.txt").write_text("\n".join(r["caption"] for r in rows[:4]) + "\n")
-    (run / "configs").symlink_to(ROOT / "configs")  # the shipped configs, as from a checkout
     monkeypatch.chdir(run)
     return run
 
@@ -92,5 +91,9 @@ def test_every_command_on_the_page_runs(workdir, capsys):
                  "vae-pruned", "vae-s8", "bus.png", "coco-val2014-stats.safetensors"):
         assert (workdir / path).exists(), path
     assert json.loads((workdir / "runs/student.json").read_text())["data_skipped"] == 0
+    from pocketdiff.models import load_flexunet
+
+    assert load_flexunet(workdir / "unet-s8").spec.name != load_flexunet(workdir / "sd15-v/unet").spec.name  # the
+    # distilled UNet is the (evolved) SnapFusion student, not the teacher
     coco = json.loads((workdir / "runs/coco.json").read_text())
     assert coco["n"] == 2 and [r["guidance"] for r in coco["results"]] == [2.0, 4.0, 7.5]

@@ -80,7 +80,7 @@ def vpred(
     teacher: Path = typer.Option(None, "--teacher", help="the epsilon-prediction model directory (SD-1.5 layout)"),
     data: str = typer.Option(None, "--data", help="training images: a folder of captioned images"),
     resolution: int = typer.Option(None, "--resolution", help="image size [default: the VAE's, 512 for SD-1.5]"),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config [default: the shipped vpred.yaml]"),
+    config: str = typer.Option(None, "--config", "-c", help="shipped config NAME or YAML PATH [default: vpred]"),
     preset: str = typer.Option(None, "--preset", "-p"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
     export: Path = typer.Option(None, "--export", help="the v-prediction model directory [RUN/export/model]"),
