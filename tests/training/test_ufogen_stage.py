@@ -56,6 +56,38 @@ def test_g_loss_never_trains_d_and_d_trains_every_d_every_steps(quick_model_dir,
     assert all(p.grad is None for m in frozen.values() for p in m.parameters())
 
 
+def test_d_warmup_trains_d_alone_every_step_then_g_joins(quick_model_dir):
+    stage = quick_stage(quick_model_dir, d_warmup_steps=3, d_every=2)
+    models = torch.nn.ModuleDict(stage.build())
+    frozen = stage.build_frozen()
+    for step, warm in [(1, True), (2, True), (3, False)]:
+        models.zero_grad(set_to_none=True)
+        stage.step = step
+        loss, logs = stage.compute_loss(models, frozen, stage.get_batch(np.random.default_rng(step)))
+        loss.backward()
+        g_grads = [p.grad for p in models["generator"].parameters()]
+        d_trained = any(p.grad is not None for p in models["discriminator"].parameters())
+        if warm:  # D every step (step 1 is off the d_every schedule), G untouched, no adversarial loss
+            assert all(g is None for g in g_grads) and d_trained and "l_d" in logs and logs["l_adv"] == 0
+        else:  # after the warm-up: G trains, D back on its d_every schedule (step 3: off)
+            assert any(g is not None for g in g_grads) and not d_trained and "l_d" not in logs
+
+
+@pytest.mark.parametrize("head", ["patch", "pooled", "deep"])
+def test_hinge_loss_and_every_head_start_at_zero_logits(quick_model_dir, head):
+    stage = quick_stage(quick_model_dir, d_head=head, d_loss="hinge", w_rec=0.0)
+    models = torch.nn.ModuleDict(stage.build())
+    frozen = stage.build_frozen()
+    stage.step = 0
+    loss, logs = stage.compute_loss(models, frozen, stage.get_batch(np.random.default_rng(0)))
+    # zero logits: L_G = -mean(D(fake)) = 0 and L_D = relu(1 - 0) + relu(1 + 0) = 2
+    assert logs["l_adv"] == 0 and logs["l_d"] == pytest.approx(2.0)
+    loss.backward()
+    head_params = list(models["discriminator"].head.parameters()) + list(
+        models["discriminator"].proj.parameters() if models["discriminator"].proj is not None else [])
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head_params)
+
+
 def test_collapse_stops_the_run_with_a_clear_message(quick_model_dir):
     stage = quick_stage(quick_model_dir, collapse_window=3)
     stage.build_frozen()
@@ -77,6 +109,10 @@ def test_collapse_stops_the_run_with_a_clear_message(quick_model_dir):
 def test_bad_options_are_clear_errors(quick_model_dir):
     with pytest.raises(ConfigError, match="d_head"):
         quick_stage(quick_model_dir, d_head="conv")
+    with pytest.raises(ConfigError, match="d_loss"):
+        quick_stage(quick_model_dir, d_loss="wasserstein")
+    with pytest.raises(ConfigError, match="d_warmup_steps"):
+        quick_stage(quick_model_dir, d_warmup_steps=-1)
     with pytest.raises(ConfigError, match="d_betas"):
         quick_stage(quick_model_dir, d_betas=[0.0, 1.5])
 

@@ -11,11 +11,14 @@ Each step (x0: a batch's VAE latents, c: its captions, T: the training schedule'
     real = q(x_s | x0),  fake = q(x_s | x0')                       (both *forward*-noised: UFOGen eq. 8-9)
     L_D  = BCE(D(real, s, c), 1) + BCE(D(fake.detach(), s, c), 0)   every `d_every` steps
     L_G  = w_adv BCE(D(fake, s, c), 1) + w_rec ||v_G - v||^2       (adversarial + the standard diffusion loss)
+    (d_loss: hinge:  L_D = relu(1 - D(real)) + relu(1 + D(fake)),  L_G = w_adv (-D(fake)) + w_rec ||v_G - v||^2)
+    (d_warmup_steps > 0: the first steps train D alone, every step, on a frozen G's fakes)
 
 The discriminator is the pretrained UNet's time embedding, stem, down path and mid block (copied: text-conditioned
 through their cross-attention, timestep-conditioned through the ResNets' time embedding) with a new head: GroupNorm,
 SiLU and a zero-initialised 1x1 conv giving one logit per position of the mid feature map (`d_head: patch`) or one
-per image from the spatial mean (`d_head: pooled`). Zero-initialised, it starts at logit 0 for every input.
+per image from the spatial mean (`d_head: pooled`), or a 3x3 conv, GroupNorm and SiLU more before the 1x1 conv
+(`d_head: deep`). Zero-initialised, it starts at logit 0 for every input.
 
 Reference hyper-parameters (papers.md, the authors' reference code) are the defaults: Adam lr 1e-4, betas (0.9,
 0.999) for G and (0, 0.999) for D (`optimizer_groups`), EMA 0.99, D updated every 2 steps, BCE on clamped logits
@@ -71,15 +74,20 @@ class UNetDiscriminator(nn.Module):
         self.mid_blocks = copy.deepcopy(unet.mid_blocks)
         ch = self.spec.channels[-1]
         self.head_kind = head
-        self.head = nn.Sequential(nn.GroupNorm(self.spec.norm_groups, ch), nn.SiLU(),
-                                  nn.Conv2d(ch, 1, 1) if head == "patch" else nn.Identity())
+        groups = self.spec.norm_groups
+        if head == "deep":  # a higher-capacity head: one more 3x3 conv on the mid map before the logits
+            self.head = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+                                      nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, 1, 1))
+        else:
+            self.head = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(),
+                                      nn.Conv2d(ch, 1, 1) if head == "patch" else nn.Identity())
         self.proj = nn.Linear(ch, 1) if head == "pooled" else None
         last = self.proj if head == "pooled" else self.head[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """Logits: [B, h*w] (patch: one per position of the mid map) or [B, 1] (pooled)."""
+        """Logits: [B, h*w] (patch, deep: one per position of the mid map) or [B, 1] (pooled)."""
         from pocketdiff.arch.blocks import ResBlock
 
         temb = self.time_embedding(self.time_proj(t.reshape(-1).expand(x.shape[0])).to(x.dtype))
@@ -122,8 +130,10 @@ class UFOGenStage(Stage):
         d_every: int = 2  # the discriminator is updated every d_every steps (reference: 2)
         d_betas: tuple[float, float] = (0.0, 0.999)  # Adam betas of D (G uses the config's `betas`)
         d_lr_scale: float = 1.0  # D's learning rate / G's (reference: both 1e-4)
-        d_head: str = "patch"  # patch: a logit per mid-map position | pooled: one per image
+        d_head: str = "patch"  # patch: a logit per mid-map position | pooled: one per image | deep: patch + a 3x3 conv
+        d_loss: str = "bce"  # bce (reference, on clamped logits) | hinge (D: relu(1 - real) + relu(1 + fake); G: -fake)
         logit_clamp: float = 0.5  # BCE on clamped logits (reference: 0.5)
+        d_warmup_steps: int = 0  # the first steps train D alone (every step; G frozen, no G loss); 0: none
         cfg_dropout: float = 0.1
         latent_sample: bool = True
         two_object_fraction: float = 0.75
@@ -145,8 +155,12 @@ class UFOGenStage(Stage):
                 raise ConfigError(f"n_gap: {self.n_gap} must be >= 1")
             if self.d_every < 1:
                 raise ConfigError(f"d_every: {self.d_every} must be >= 1")
-            if self.d_head not in ("patch", "pooled"):
-                raise ConfigError(f"d_head: {self.d_head!r} must be 'patch' or 'pooled'")
+            if self.d_head not in ("patch", "pooled", "deep"):
+                raise ConfigError(f"d_head: {self.d_head!r} must be 'patch', 'pooled' or 'deep'")
+            if self.d_loss not in ("bce", "hinge"):
+                raise ConfigError(f"d_loss: {self.d_loss!r} must be 'bce' or 'hinge'")
+            if self.d_warmup_steps < 0:
+                raise ConfigError(f"d_warmup_steps: {self.d_warmup_steps} must be >= 0")
             for name in ("w_adv", "w_rec", "d_lr_scale", "logit_clamp"):
                 if getattr(self, name) < 0:
                     raise ConfigError(f"{name}: {getattr(self, name)} must be >= 0")
@@ -209,8 +223,10 @@ class UFOGenStage(Stage):
             ctx = encode_prompts(self.tokenizer, frozen["text_encoder"], batch["caption"])
         v_target = self.scheduler.get_velocity(x0, noise, t)
 
-        # G: v -> x0' (v-parameterisation: x0 = alpha_t x_t - sigma_t v)
-        v = G(x_t, t, ctx).sample.float()
+        # G: v -> x0' (v-parameterisation: x0 = alpha_t x_t - sigma_t v); during D's warm-up G is frozen
+        warmup = self.step < o.d_warmup_steps
+        with torch.set_grad_enabled(not warmup):
+            v = G(x_t, t, ctx).sample.float()
         a = self.scheduler.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
         x0_fake = a.sqrt() * x_t - (1 - a).sqrt() * v
 
@@ -222,24 +238,31 @@ class UFOGenStage(Stage):
         real = self.scheduler.add_noise(x0, e_real, s)
         fake = self.scheduler.add_noise(x0_fake, e_fake, s)
 
-        # generator loss: D's weights take no gradient from it
+        # generator loss: D's weights take no gradient from it (none at all during D's warm-up)
         c = o.logit_clamp
-        D.requires_grad_(False)
-        try:
-            logits_g = D(fake, s, ctx).float()
-        finally:
-            D.requires_grad_(True)
-        l_adv = F.binary_cross_entropy_with_logits(logits_g.clamp(max=c), torch.ones_like(logits_g))
         l_rec = F.mse_loss(v, v_target.float())
-        loss = o.w_adv * l_adv + o.w_rec * l_rec
+        if warmup:
+            l_adv, loss = torch.zeros(()), torch.zeros((), device=x0.device)
+        else:
+            D.requires_grad_(False)
+            try:
+                logits_g = D(fake, s, ctx).float()
+            finally:
+                D.requires_grad_(True)
+            l_adv = (-logits_g.mean() if o.d_loss == "hinge" else
+                     F.binary_cross_entropy_with_logits(logits_g.clamp(max=c), torch.ones_like(logits_g)))
+            loss = o.w_adv * l_adv + o.w_rec * l_rec
 
-        # discriminator loss, every d_every steps (real and fake in one batch)
+        # discriminator loss, every d_every steps (every step during the warm-up; real and fake in one batch)
         logs = {"l_adv": l_adv.item(), "l_rec": l_rec.item()}
-        if self.step % o.d_every == 0:
+        if warmup or self.step % o.d_every == 0:
             logits = D(torch.cat([fake.detach(), real]), torch.cat([s, s]), torch.cat([ctx, ctx])).float()
             l_fake, l_real = logits.chunk(2)
-            l_d = (F.binary_cross_entropy_with_logits(l_fake.clamp(min=-c), torch.zeros_like(l_fake))
-                   + F.binary_cross_entropy_with_logits(l_real.clamp(max=c), torch.ones_like(l_real)))
+            if o.d_loss == "hinge":
+                l_d = F.relu(1 + l_fake).mean() + F.relu(1 - l_real).mean()
+            else:
+                l_d = (F.binary_cross_entropy_with_logits(l_fake.clamp(min=-c), torch.zeros_like(l_fake))
+                       + F.binary_cross_entropy_with_logits(l_real.clamp(max=c), torch.ones_like(l_real)))
             loss = loss + l_d
             logs.update(l_d=l_d.item(), d_acc_real=(l_real > 0).float().mean().item(),
                         d_acc_fake=(l_fake < 0).float().mean().item())
@@ -258,6 +281,8 @@ class UFOGenStage(Stage):
                 f"ufogen: the loss is {loss.item()} at step {self.step} (l_adv {logs['l_adv']:.4g}, l_rec "
                 f"{logs['l_rec']:.4g}); resume from the last checkpoint with a lower lr (--set lr=...) or a larger "
                 "options.w_rec")
+        if self.step < o.d_warmup_steps:
+            return  # G is frozen during D's warm-up: nothing of G's to collapse, and D is meant to win there
         self._recent.append(logs)
         if len(self._recent) < o.collapse_window:
             return
