@@ -138,6 +138,21 @@ def test_budget_and_logs(tmp_path):
     assert (tmp_path / "export" / "toy.pt").is_file() and "eval_w" in summary
 
 
+class EveryOtherStepStage(ToyStage):
+    """Logs `every_other` = 1.0 only on even steps, as a GAN's discriminator logs only on the steps it trains."""
+
+    def compute_loss(self, models, frozen, batch):
+        loss, logs = super().compute_loss(models, frozen, batch)
+        return loss, {**logs, **({"every_other": 1.0} if self.step % 2 == 0 else {})}
+
+
+def test_a_key_logged_on_some_steps_is_averaged_over_those_steps(tmp_path):
+    cfg = toy_cfg(tmp_path, max_steps=4, log_every=4, eval_every=0)
+    train(EveryOtherStepStage(cfg), cfg, tmp_path / "run")
+    row = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert row["step"] == 4 and row["every_other"] == 1.0  # not 0.5: averaged over the 2 steps that logged it
+
+
 def test_grad_accumulation_and_no_ema(tmp_path):
     cfg = toy_cfg(tmp_path, max_steps=2, grad_accum_steps=3, ema_decay=None, eval_every=0, grad_clip=None)
     stage = ToyStage(cfg)

@@ -465,7 +465,8 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         tty = sys.stderr.isatty()
         bar = tqdm(total=cfg.max_steps, initial=step, desc=stage.name, disable=not main,
                    mininterval=0.5 if tty else 30, dynamic_ncols=True)
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {}  # per log window; each key averaged over the steps that logged it
+        counts: dict[str, int] = {}  # (a GAN's discriminator logs only on the steps it trains)
         n_sum, t_last, t_start = 0, time.monotonic(), time.monotonic() - elapsed
         last_ckpt = step
         with _GracefulStop() as stop:
@@ -480,6 +481,7 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                 for g in optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)
                 stage.step = step  # for stages that act on a schedule (a discriminator updated every k steps)
+                step_keys: set[str] = set()
                 for _ in range(cfg.grad_accum_steps):
                     batch = _to_device(stage.get_batch(rng), device)
                     with accelerator.autocast():
@@ -489,6 +491,7 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                     accelerator.backward(loss / cfg.grad_accum_steps)
                     for k, v in {"loss": loss.item(), **logs}.items():
                         sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum_steps
+                        step_keys.add(k)
                 if cfg.grad_clip is not None:
                     # per module when the stage names its optimiser groups (a GAN's G and D), else all together
                     for name in per_module or [None]:
@@ -498,10 +501,13 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                             raise _diverged(run_dir, step + 1, f"the gradient norm is {grad_norm}", lr)
                         key = "grad_norm" if name is None else f"grad_norm_{name}"
                         sums[key] = sums.get(key, 0.0) + grad_norm
+                        step_keys.add(key)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 n_sum += 1
+                for k in step_keys:
+                    counts[k] = counts.get(k, 0) + 1
                 if ema is not None:
                     ema.update(accelerator.unwrap_model(model), step)
                 elapsed = time.monotonic() - t_start
@@ -509,11 +515,11 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                 # 4. bookkeeping
                 if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
                     now = time.monotonic()
-                    row = {"step": step, "lr": lr, **{k: v / n_sum for k, v in sums.items()},
+                    row = {"step": step, "lr": lr, **{k: v / counts[k] for k, v in sums.items()},
                            "it_s": n_sum / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 2)}
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", refresh=False)
-                    sums, n_sum, t_last = {}, 0, now
+                    sums, counts, n_sum, t_last = {}, {}, 0, now
                 bar.update(1)
                 if cfg.sample_every and step % cfg.sample_every == 0 and main:
                     grid = side_task(stage.sample, np.random.default_rng(cfg.seed + 1))
