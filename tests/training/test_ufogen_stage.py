@@ -139,3 +139,10 @@ def test_cli_trains_logs_both_losses_exports_and_resumes(quick_model_dir, tmp_pa
     gen = load_pipeline(quick_model_dir, unet_dir=export, scheduler="ufogen")("a red circle", num_inference_steps=1,
                                                                               guidance_scale=1.0)
     assert gen.images.shape == (1, 64, 64, 3) and gen.timings.unet_calls == 1
+
+
+def test_cpu_preset_is_the_documented_run():
+    cfg = load_config("ufogen", "cpu", {})
+    o = UFOGenStage(cfg).opts
+    assert (cfg.batch_size, o.n_gap, o.d_warmup_steps, o.t_last_fraction) == (16, 2, 100, 0.5)
+    assert (o.d_loss, o.d_head, o.d_lr_scale) == ("bce", "patch", 1.0)  # the rest stays the reference
