@@ -14,10 +14,11 @@ THREADS=${THREADS:-1}
 export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$THREADS
 mkdir -p "$RUN"
 EVAL=(--steps 8 --guidance 2 --scheduler ddim --prompts heldout-single --prompts heldout-two --threads "$THREADS")
+REF=(--dtype fp32)  # the reference is eager fp32 (eval's default, auto, picks bf16 on CPUs that have it)
 
 for seed in 0 1000 2000; do  # the eager fp32 reference
   f="$RUN/eager_fp32_s$seed.json"
-  [ -f "$f" ] || $PD eval --model models/shapes --unet models/shapes/unet_s8 --seed "$seed" "${EVAL[@]}" --json "$f"
+  [ -f "$f" ] || $PD eval --model models/shapes --unet models/shapes/unet_s8 --seed "$seed" "${EVAL[@]}" "${REF[@]}" --json "$f"
 done
 for v in "${VARIANTS[@]}"; do
   fmt=${v%%:*}; q=${v##*:}; dir="$RUN/export_${fmt}_$q"

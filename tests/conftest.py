@@ -3,6 +3,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# generate/eval default to `--backend auto`, which exports the model once and times it: tests run eager PyTorch
+# unless they ask for a backend (tests/export covers auto)
+os.environ.setdefault("POCKETDIFF_BACKEND", "torch")
 
 import pytest
 

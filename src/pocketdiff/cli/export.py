@@ -16,8 +16,9 @@ def export(
     unet: str = typer.Option(None, "--unet", help="a UNet subdirectory of MODEL (or a path); default: the "
                              "model's default row in demo.json, else unet/"),
     vae: str = typer.Option(None, "--vae", help="a VAE subdirectory of MODEL (or a path)"),
-    quantize: str = typer.Option("none", "--quantize", help="none | fp16 | int8-weights | int8 (the UNet; int8 is "
-                                 "calibrated on sampling trajectories of training prompts)"),
+    quantize: str = typer.Option("none", "--quantize", help="none | fp16 | int8-weights | int8 | int8-hybrid "
+                                 "(the UNet; int8 is calibrated on sampling trajectories of training prompts; "
+                                 "int8-hybrid, openvino only: OpenVINO's SD recipe, docs/export.md)"),
     calibration_prompts: int = typer.Option(32, "--calibration-prompts", help="int8: prompts whose trajectories "
                                             "calibrate the activations (every step of each)"),
     threads: int = typer.Option(None, "--threads"),

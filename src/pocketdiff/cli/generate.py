@@ -48,8 +48,10 @@ def _check_sampling(model: Path, steps: int | None, guidances: list[float], thre
         check_sampling_options(steps, g, train_steps)
 
 
-BACKEND_HELP = ("torch | onnxruntime | openvino | executorch: run the networks in that runtime (an ordinary model "
-                "directory is exported once, fp32 and parity-checked, into ~/.cache/pocketdiff/exports)")
+BACKEND_HELP = ("auto (on the CPU: the backend measured fastest for this model here, torch or onnxruntime; measured "
+                "once, then cached) | torch | onnxruntime | openvino | executorch: run the networks in that runtime "
+                "(an ordinary model directory is exported once, fp32 and parity-checked, into "
+                "~/.cache/pocketdiff/exports)")
 DTYPE_HELP = ("auto (bf16 where the CPU has native bf16, avx512_bf16 / AMX, and the model's bf16 quality was "
               "measured to hold: demo.json's auto_dtype; else fp32) | fp32 | bf16")
 
@@ -67,7 +69,12 @@ def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str
     from pocketdiff.export import is_export_dir, load_exported_pipeline
     from pocketdiff.export.cache import cached_export, check_backend
 
-    fmt = check_backend(backend)
+    fmt, auto = check_backend(backend), None
+    if backend == "auto" and target.type == "cpu" and not is_export_dir(model):
+        from pocketdiff.export.cache import auto_backend
+
+        backend, auto = auto_backend(model, unet, vae, resolve_model_dtype(dtype, model, unet, vae, target), threads)
+        fmt = check_backend(backend)
     if fmt is not None and not is_export_dir(model):
         if target.type != "cpu":
             raise DataError(f"--backend {backend} runs on the CPU; use --device cpu")
@@ -80,11 +87,12 @@ def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str
             raise DataError(f"{model} is an exported directory: it runs on the CPU; use --device cpu")
         pipe = load_exported_pipeline(model, scheduler=scheduler, threads=threads)
         pipe.dtype_name = "fp32" if pipe.manifest["quantize"] == "none" else pipe.manifest["quantize"]
+        pipe.backend_auto = auto
         return pipe
     dt = resolve_model_dtype(dtype, model, unet, vae, target)
     pipe = load_pipeline(model, unet_dir=unet, vae_dir=vae, scheduler=scheduler, dtype=dt).to(target)
     pipe.dtype_name = dt
-    pipe.backend = "torch"
+    pipe.backend, pipe.backend_auto = "torch", auto
     return pipe
 
 
@@ -111,7 +119,7 @@ def generate(
     threads: int = typer.Option(None, "--threads"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
-    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP, envvar="POCKETDIFF_BACKEND"),
 ) -> None:
     """Generate images from text."""
     from pocketdiff.training.loop import make_grid
@@ -162,7 +170,7 @@ def eval_cmd(
     threads: int = typer.Option(None, "--threads"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
-    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP, envvar="POCKETDIFF_BACKEND"),
     protocol: str = typer.Option("heldout", "--protocol", help="heldout (the shapes world's held-out sets and judge) "
                                  "| coco (FID and CLIP score over captions: needs the four options below)"),
     captions: Path = typer.Option(None, "--captions", help="coco: a text file (one caption per line) or COCO's "
@@ -220,7 +228,7 @@ def eval_cmd(
     Console().print(table)
     if json_path:
         what = {"model": str(model), "unet": unet and str(unet), "vae": vae and str(vae),  # which weights were judged
-                "dtype": pipe.dtype_name, "backend": pipe.backend}
+                "dtype": pipe.dtype_name, "backend": pipe.backend, "backend_auto": pipe.backend_auto}
         write_json_atomic(json_path, {**what, **(results[0] if len(results) == 1 else {}), "results": results})
 
 

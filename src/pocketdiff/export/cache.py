@@ -1,5 +1,11 @@
 """`pocketdiff generate --backend FORMAT` on an ordinary model directory: the model is exported once (fp32, parity
-checked) into a cache directory keyed by the weights it was made from, and reused while those files are unchanged."""
+checked) into a cache directory keyed by the weights it was made from, and reused while those files are unchanged.
+
+`--backend auto` (the default of generate and eval): the backend whose UNet step was measured fastest for this model,
+dtype and thread count on this CPU. The first time, the model is exported to ONNX (cached as above) and one UNet step
+(the CFG batch of 2) is timed in eager PyTorch and in onnxruntime, interleaved; the choice and its figures are kept in
+`auto_backend.json` beside the exports. OpenVINO and ExecuTorch are not candidates: on the measured CPUs their UNet
+step was slower than onnxruntime's (docs/export.md), and exporting them costs minutes each."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from pathlib import Path
 
 from .common import LAYOUT_VERSION, is_export_dir
 
-BACKENDS = {"torch": None, "onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
+BACKENDS = {"auto": None, "torch": None, "onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
 
 
 def cache_root() -> Path:
@@ -45,3 +51,76 @@ def cached_export(model: Path, fmt: str, unet: Path | None = None, vae: Path | N
     if not is_export_dir(out):
         export_model(model, fmt, out, unet=unet, vae=vae, threads=threads, default_row=False)
     return out
+
+
+AUTO_CANDIDATES = ("torch", "onnxruntime")
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def auto_backend(model: Path, unet: Path | None, vae: Path | None, dtype: str, threads: int | None,
+                 runs: int = 7) -> tuple[str, dict]:
+    """`--backend auto` on the CPU -> (backend, the measurement it rests on). `dtype`: the eager dtype already
+    resolved (fp32 / bf16); the runtimes run fp32. Measured once per (model weights, dtype, threads, CPU), then
+    read back."""
+    import json
+
+    import torch
+
+    from ..io import write_json_atomic
+    from .common import RUNTIME_MODULES
+
+    try:
+        for module, _ in RUNTIME_MODULES["onnx"]:
+            __import__(module)
+    except ImportError:
+        return "torch", {"why": "onnxruntime is not installed (pip install 'pocketdiff[export]')"}
+    threads = threads or torch.get_num_threads()
+    exported = cached_export(model, "onnx", unet, vae, threads)
+    key = f"{exported.name}|{dtype}|threads={threads}|{_cpu_name()}"
+    book = cache_root() / "auto_backend.json"
+    known = json.loads(book.read_text()) if book.is_file() else {}
+    if key not in known:
+        known[key] = _measure_unet_step(model, unet, vae, dtype, threads, exported, runs)
+        write_json_atomic(book, known)
+    return known[key]["backend"], known[key]
+
+
+def _measure_unet_step(model: Path, unet: Path | None, vae: Path | None, dtype: str, threads: int,
+                       exported: Path, runs: int) -> dict:
+    import statistics
+
+    import torch
+
+    from ..precision import to_dtype
+    from ..profiling.latency import round_robin
+    from ..sampling.pipeline import load_pipeline
+    from .common import read_manifest
+    from .networks import Shapes, example_inputs
+    from .runtimes import load_runner
+
+    torch.set_num_threads(threads)
+    pipe = load_pipeline(model, unet_dir=unet, vae_dir=vae, dtype=dtype)
+    args = example_inputs(Shapes.of(pipe), 2, vocab=int(pipe.text_encoder.config.vocab_size))["unet"]
+    eager_args = [a.to(to_dtype(dtype)) if i != 1 else a for i, a in enumerate(args)]
+    runner = load_runner("onnx", read_manifest(exported)["networks"]["unet"]["files"], exported, threads)
+    arrays = [a.numpy() for a in args]
+
+    def eager():
+        with torch.inference_mode():
+            pipe.unet(*eager_args[:2], encoder_hidden_states=eager_args[2])
+
+    times = round_robin({"torch": eager, "onnxruntime": lambda: runner(*arrays)}, runs=runs, warmup=2)
+    medians = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    return {"backend": min(medians, key=medians.get), "unet_step_ms": medians, "eager_dtype": dtype,
+            "threads": threads, "cpu": _cpu_name(), "runs": runs, "export": str(exported)}

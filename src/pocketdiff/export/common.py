@@ -15,7 +15,8 @@ MANIFEST = "pocketdiff_export.json"
 # (with the command that rebuilds it) rather than run with the wrong inputs
 LAYOUT_VERSION = 1
 FORMATS = ("onnx", "openvino", "executorch")
-QUANTIZE = ("none", "fp16", "int8-weights", "int8")
+QUANTIZE = ("none", "fp16", "int8-weights", "int8", "int8-hybrid")
+CALIBRATED = ("int8", "int8-hybrid")  # the modes that need the calibration set
 NETWORKS = ("text_encoder", "unet", "decoder")
 # what each format needs at run time (import name, distribution): all are in the `export` extra
 RUNTIME_MODULES = {

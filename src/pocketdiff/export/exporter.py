@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ModelDirError
 from ..io import atomic_dir
-from .common import (LAYOUT_VERSION, MANIFEST, NETWORKS, ExportError, ParityError, check_format, check_quantize,
+from .common import (CALIBRATED, LAYOUT_VERSION, MANIFEST, NETWORKS, ExportError, ParityError, check_format, check_quantize,
                      is_export_dir, require_runtime, runtime_versions)
 from .networks import DecoderNet, Shapes, TextEncoderNet, UNetNet, calibration_prompts, example_inputs, \
     record_unet_inputs
@@ -58,6 +58,9 @@ def export_model(model: str | Path, fmt: str, out: str | Path, unet: str | Path 
 
     check_format(fmt)
     check_quantize(quantize)
+    if quantize == "int8-hybrid" and fmt != "openvino":
+        raise ExportError(f"--quantize int8-hybrid is OpenVINO's recipe (NNCF); for --format {fmt} use int8 or "
+                          "int8-weights")
     require_runtime(fmt)
     model, out = Path(model), Path(out)
     if is_export_dir(model):
@@ -82,14 +85,14 @@ def export_model(model: str | Path, fmt: str, out: str | Path, unet: str | Path 
                "scheduler": row.get("scheduler", "ddim"), "name": row.get("name")}
 
     calib = None
-    if quantize == "int8":
+    if quantize in CALIBRATED:
         prompts = calibration_prompts(calibration_prompts_n)
         calib = record_unet_inputs(pipe, prompts, default["steps"], default["guidance"], default["scheduler"])
 
     report: dict = {
         "layout_version": LAYOUT_VERSION, "pocketdiff_version": importlib.metadata.version("pocketdiff")
         if _installed() else "source", "format": fmt, "backend": BACKEND[fmt], "quantize": quantize,
-        "quantized_networks": [] if quantize == "none" else ["unet"],
+        "quantized_networks": [] if quantize == "none" else list(NETWORKS) if quantize == "int8-hybrid" else ["unet"],
         "source": {"model": str(model), "unet": unet_dir and str(unet_dir), "vae": vae_dir and str(vae_dir)},
         "shapes": shapes.__dict__, "scaling_factor": float(pipe.vae.config.scaling_factor),
         "prediction": pipe.scheduler.config.get("prediction_type"), "default": default,
@@ -99,7 +102,9 @@ def export_model(model: str | Path, fmt: str, out: str | Path, unet: str | Path 
             "what": "the UNet's inputs at every step of 8-step sampling trajectories (timestep-aware)"},
         "parity_tolerance": tolerance, "versions": runtime_versions(fmt), "networks": {},
     }
-    steps_ = [(n, q) for n in NETWORKS for q in [quantize if n == "unet" else "none"]]
+    # int8-hybrid: the text encoder and decoder int8 weight-only beside the selectively quantized UNet
+    other = "int8-weights" if quantize == "int8-hybrid" else "none"
+    steps_ = [(n, quantize if n == "unet" else other) for n in NETWORKS]
     bar = None
     if progress:
         from tqdm.auto import tqdm
