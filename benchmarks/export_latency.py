@@ -17,6 +17,7 @@ pruned decoder (the pruning recipe at ratio 0.5 on SD's decoder, random weights)
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import platform
@@ -35,6 +36,7 @@ from pocketdiff.export.exporter import BACKEND, _export_network  # noqa: E402
 from pocketdiff.export.latency import eager_tasks, measure, runtime_tasks  # noqa: E402
 from pocketdiff.export.networks import DecoderNet, Shapes, TextEncoderNet, UNetNet, example_inputs  # noqa: E402
 from pocketdiff.io import write_json_atomic, write_text_atomic  # noqa: E402
+from pocketdiff.precision import native_bf16  # noqa: E402
 from pocketdiff.profiling.latency import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +58,11 @@ def shipped(exports: list[Path], runs: int, warmup: int, threads: int, work: Pat
     nets = {"text_encoder": TextEncoderNet(pipe.text_encoder).eval(), "unet": UNetNet(pipe.unet).eval(),
             "decoder": DecoderNet(pipe.vae).eval(), "decoder_pruned": DecoderNet(pruned).eval()}
     rows = {"torch fp32": eager_tasks(nets, inputs)}
+    if native_bf16():  # eager bf16: what `--dtype auto` runs on CPUs with native bf16 (and `--backend auto` weighs)
+        bf16 = {k: copy.deepcopy(n).to(torch.bfloat16) for k, n in nets.items()}
+        rows["torch bf16"] = eager_tasks(bf16, {k: tuple(a.to(torch.bfloat16) if a.is_floating_point() and
+                                                         not (k == "unet" and i == 1) else a for i, a in enumerate(v))
+                                                for k, v in inputs.items()})
     pruned_files: dict[str, dict] = {}
     for d in exports:
         m = read_manifest(d)
@@ -79,7 +86,8 @@ def shipped(exports: list[Path], runs: int, warmup: int, threads: int, work: Pat
     return res
 
 
-def full_size(presets: list[str], formats: list[str], runs: int, warmup: int, threads: int, work: Path) -> dict:
+def full_size(presets: list[str], formats: list[str], runs: int, warmup: int, threads: int, work: Path,
+              done=lambda out: None) -> dict:
     from pocketdiff.arch.presets import create
     from pocketdiff.pruning.decoder import prune_decoder, sd15_vae
 
@@ -112,6 +120,7 @@ def full_size(presets: list[str], formats: list[str], runs: int, warmup: int, th
         out[name] = {"part": kind, "params": sum(p.numel() for p in net.parameters()), "export_s": export_s,
                      "rows": res}
         print(name, {r: round(v[kind]["median_ms"]) for r, v in res.items()}, flush=True)
+        done(out)
         del rows, net, res
         gc.collect()
         for fmt in formats:
@@ -178,6 +187,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--work", type=Path, help="where the full-size exports are written (GBs; default: the temp dir)")
     ap.add_argument("--md", type=Path)
     ap.add_argument("--plot", type=Path)
     a = ap.parse_args()
@@ -187,13 +197,16 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": a.runs, "warmup": a.warmup,
               "versions": {f: runtime_versions(f) for f in ("onnx", "openvino", "executorch")},
               "command": " ".join(sys.argv)}
-    with tempfile.TemporaryDirectory(prefix="export_latency_") as work:
+    if a.work:
+        a.work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="export_latency_", dir=a.work) as work:
         if a.exports:
             result["shipped"] = shipped(a.exports, a.runs, a.warmup, a.threads, Path(work))
             write_json_atomic(a.json, result)
         presets = [p for p in a.full_size.split(",") if p]
-        if presets:
-            result["full_size"] = full_size(presets, formats, a.runs, a.warmup, a.threads, Path(work))
+        if presets:  # written after every preset: a run stopped for time keeps what it measured
+            result["full_size"] = full_size(presets, formats, a.runs, a.warmup, a.threads, Path(work),
+                                            done=lambda out: write_json_atomic(a.json, {**result, "full_size": out}))
     write_json_atomic(a.json, result)
     if a.md:
         write_text_atomic(a.md, markdown(result))

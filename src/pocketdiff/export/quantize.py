@@ -184,8 +184,10 @@ def executorch_quantize(net: torch.nn.Module, args: tuple, dst: Path, mode: str,
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=mode == "int8-weights"))
     if mode == "int8":  # the compute only, as for onnx (ONNX_INT8_OPS): not the timestep embedding's add/mul
-        compute = {torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}
-        quantizer.set_filter_function(lambda node: node.target in compute)
+        # (the filter sees every node of a matched pattern, weights included: so it rejects, not selects)
+        aten = torch.ops.aten
+        elementwise = {aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor, aten.cat.default}
+        quantizer.set_filter_function(lambda node: node.target not in elementwise)
     with _quiet(), torch.no_grad():
         graph = torch.export.export(copy.deepcopy(net).eval(), args).module()
         prepared = prepare_pt2e(graph, quantizer)
