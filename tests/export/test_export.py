@@ -215,6 +215,22 @@ def test_auto_backend_measures_once_and_picks_the_fastest(tiny_model_dir, export
         assert cache.auto_backend(tiny_model_dir, None, None, "fp32", threads=1)[0] == expected
 
 
+def test_auto_backend_falls_back_to_torch_when_the_export_fails(tiny_model_dir, tmp_path, monkeypatch):
+    from pocketdiff.export import cache
+
+    calls = []
+
+    def failing_export(model, fmt, out, **kw):
+        calls.append(fmt)
+        raise ParityError("parity check failed for the onnx export (unet 1.0e+00 ...)")
+
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("pocketdiff.export.exporter.export_model", failing_export)
+    backend, info = cache.auto_backend(tiny_model_dir, None, None, "fp32", threads=1)
+    assert backend == "torch" and "ParityError" in info["why"]
+    assert cache.auto_backend(tiny_model_dir, None, None, "fp32", threads=1)[0] == "torch" and calls == ["onnx"]
+
+
 def test_generate_and_eval_default_to_auto_and_record_the_backend(tiny_model_dir, exported, tmp_path):
     import os
     import shutil

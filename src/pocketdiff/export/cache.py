@@ -86,12 +86,17 @@ def auto_backend(model: Path, unet: Path | None, vae: Path | None, dtype: str, t
     except ImportError:
         return "torch", {"why": "onnxruntime is not installed (pip install 'pocketdiff[export]')"}
     threads = threads or torch.get_num_threads()
-    exported = cached_export(model, "onnx", unet, vae, threads)
-    key = f"{exported.name}|{dtype}|threads={threads}|{_cpu_name()}"
+    name = f"{Path(model).resolve().name}-onnx-{_key(Path(model), unet, vae, 'onnx')}"
+    key = f"{name}|{dtype}|threads={threads}|{_cpu_name()}"
     book = cache_root() / "auto_backend.json"
     known = json.loads(book.read_text()) if book.is_file() else {}
     if key not in known:
-        known[key] = _measure_unet_step(model, unet, vae, dtype, threads, exported, runs)
+        try:
+            exported = cached_export(model, "onnx", unet, vae, threads)
+        except Exception as e:  # a model the exporter cannot take (or that fails parity) still runs, in eager PyTorch
+            known[key] = {"backend": "torch", "why": f"the ONNX export failed: {type(e).__name__}: {e}"[:500]}
+        else:
+            known[key] = _measure_unet_step(model, unet, vae, dtype, threads, exported, runs)
         write_json_atomic(book, known)
     return known[key]["backend"], known[key]
 
