@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install bench
 
-$(STAMP): pyproject.toml
+# constraints.txt: the exact versions CI tests (pyproject.toml has the compatible ranges).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0  # the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/pip install -q -e ".[test,export,prune,data]"
+	$(BIN)/pip install -q -c constraints.txt torch  # the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,export,prune,data]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,6 +16,13 @@ def test_shipped_weights_are_small_safetensors():
     assert sum(f.stat().st_size for f in files if f.is_file()) <= 60 * 2**20
 
 
+def test_models_dir_stays_under_60_mb():
+    """All of models/ (the wheel carries models/shapes; git keeps every committed version): at most 60 MB."""
+    files = [f for f in MODEL.parent.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    assert files and size <= 60 * 2**20, f"models/ holds {size / 2**20:.1f} MB (limit 60 MB)"
+
+
 def test_shipped_pipeline_generates_deterministically():
     from pocketdiff.sampling.pipeline import load_pipeline
 

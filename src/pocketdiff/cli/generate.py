@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,10 +12,15 @@ from pocketdiff.errors import DataError
 from pocketdiff.io import write_json_atomic, write_png_atomic
 from pocketdiff.validation import check_int, check_output_dir, check_output_file
 
-REPO = Path(__file__).resolve().parents[3]
-DEFAULT_MODEL = Path(os.environ.get("POCKETDIFF_MODEL", REPO / "models" / "shapes"))
+MODEL_HELP = "model directory, diffusers layout [default: $POCKETDIFF_MODEL, else the shipped shapes-world model]"
 SCHEDULER_HELP = "ddim | dpm | dpm++ (diffusers' solvers) | ufogen (one-step / re-noising, for UFOGen UNets)"
 DEVICE_HELP = "auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps"
+
+
+def _model(model: Path | None) -> Path:
+    from pocketdiff.resources import default_model_dir
+
+    return model if model is not None else default_model_dir()
 
 
 def _device(name: str):
@@ -106,7 +110,7 @@ def _clip_dir(model: Path) -> Path:
 def generate(
     prompt: list[str] = typer.Argument(None, help="one or more prompts (a grid for several)"),
     prompts_file: Path = typer.Option(None, "--prompts-file", help="a text file, one prompt per line"),
-    model: Path = typer.Option(DEFAULT_MODEL, "--model", help="model directory (shapes world or SD-1.5, diffusers layout)"),
+    model: Path = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     unet: Path = typer.Option(None, "--unet", help="use this UNet directory instead of the model's"),
     vae: Path = typer.Option(None, "--vae", help="use this VAE directory instead of the model's"),
     steps: int = typer.Option(None, "--steps", help="default: the model's default row in demo.json, else 50"),
@@ -122,6 +126,7 @@ def generate(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP, envvar="POCKETDIFF_BACKEND"),
 ) -> None:
     """Generate images from text."""
+    model = _model(model)
     from pocketdiff.training.loop import make_grid
 
     from pocketdiff.loading import read_lines
@@ -155,7 +160,7 @@ def generate(
 
 
 def eval_cmd(
-    model: Path = typer.Option(DEFAULT_MODEL, "--model"),
+    model: Path = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     unet: Path = typer.Option(None, "--unet"),
     vae: Path = typer.Option(None, "--vae"),
     prompts: list[str] = typer.Option(["heldout-single", "heldout-two"], "--prompts",
@@ -186,6 +191,7 @@ def eval_cmd(
                                               help="coco: write the reference's Inception statistics (.safetensors)"),
 ) -> None:
     """Compositional accuracy, domain FID and domain CLIP score on held-out prompts; or the COCO protocol."""
+    model = _model(model)
     from rich.console import Console
     from rich.table import Table
 
@@ -269,7 +275,7 @@ def _eval_coco(model, unet, vae, steps, guidances, scheduler, seed, json_path, s
 
 
 def demo(
-    model: Path = typer.Option(DEFAULT_MODEL, "--model"),
+    model: Path = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     n: int = typer.Option(16, "--n", help="held-out prompts per set (single and two objects)"),
     out: Path = typer.Option(Path("out/demo"), "--out", help="report directory (report.md + images)"),
     json_path: Path = typer.Option(None, "--json"),
@@ -278,6 +284,7 @@ def demo(
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """The README's main job: the shipped model on held-out prompts, judged, timed, reported."""
+    model = _model(model)
     import torch
     from rich.console import Console
     from rich.table import Table

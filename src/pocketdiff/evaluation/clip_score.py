@@ -1,6 +1,6 @@
 """Domain CLIP score with the shipped tiny CLIP (text_encoder/ + clip_image/ of a model directory).
 
-    clip_score(images, prompts, "models/shapes") -> float
+    clip_score(images, prompts) -> float     # the default model's domain CLIP; model_dir=DIR for another
 
 As in the papers (and torchmetrics' CLIPScore): 100 * max(cos(image, text), 0), averaged over the pairs. Text is
 embedded as in training (mean of the token states, then the text projection). The numbers are only comparable
@@ -39,10 +39,13 @@ def _as_tensor(images) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clip_scores(images, prompts: Sequence[str], model_dir: str | Path = "models/shapes", batch_size: int = 256) -> torch.Tensor:
-    """Per-pair scores, 100 * max(cos, 0): a float tensor [N]."""
+def clip_scores(images, prompts: Sequence[str], model_dir: str | Path | None = None, batch_size: int = 256) -> torch.Tensor:
+    """Per-pair scores, 100 * max(cos, 0): a float tensor [N]. `model_dir` defaults to the default model
+    (`pocketdiff.resources.default_model_dir`)."""
+    from pocketdiff.resources import default_model_dir
     from pocketdiff.text.tokenizer import tokenize_prompts
 
+    model_dir = default_model_dir() if model_dir is None else model_dir
     if isinstance(prompts, str):
         prompts = [prompts]
     x = _as_tensor(images)
@@ -60,7 +63,7 @@ def clip_scores(images, prompts: Sequence[str], model_dir: str | Path = "models/
     return torch.cat(out)
 
 
-def clip_score(images, prompts: Sequence[str], model_dir: str | Path = "models/shapes") -> float:
+def clip_score(images, prompts: Sequence[str], model_dir: str | Path | None = None) -> float:
     """Mean of 100 * max(cos(image, prompt), 0) with the domain CLIP in `model_dir`."""
     return clip_scores(images, prompts, model_dir).mean().item()
 

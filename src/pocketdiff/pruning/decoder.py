@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -57,7 +56,6 @@ from diffusers.models.autoencoders.vae import Decoder
 from pocketdiff.errors import ModelDirError, PocketDiffError, SpecError
 from pocketdiff.pruning.tiny_decoder import TinyDecoder
 
-REPO = Path(__file__).resolve().parents[3]
 IMPORTANCES = ("l1", "l2", "random")
 DECODER_TYPES = ("pruned", "tiny")
 
@@ -217,12 +215,14 @@ def sd15_vae(seed: int = 0) -> AutoencoderKL:
 
 
 def resolve_vae(name: str | Path) -> AutoencoderKL:
-    """"sd" (SD-1.5 architecture, random weights), "shapes" (the shipped shapes-world VAE, models/shapes/vae or
-    $POCKETDIFF_MODEL/vae) or a VAE / model directory."""
+    """"sd" (SD-1.5 architecture, random weights), "shapes" (the default model's VAE: $POCKETDIFF_MODEL/vae, else
+    the shipped model's, `pocketdiff.resources.default_model_dir`) or a VAE / model directory."""
     if str(name) == "sd":
         return sd15_vae()
     if str(name) == "shapes":
-        root = Path(os.environ.get("POCKETDIFF_MODEL", REPO / "models" / "shapes"))
+        from pocketdiff.resources import default_model_dir
+
+        root = default_model_dir()
         if not (root / "vae" / "config.json").is_file():
             raise ModelDirError(f"{root / 'vae'}: the shapes VAE is not trained yet (`pocketdiff train vae`)")
         return load_vae_dir(root / "vae")
