@@ -31,8 +31,8 @@ step env 60 "$PY" -c "import torch, diffusers, transformers, typer; print(torch.
 transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 nvidia-smi -L >> "$LOG" 2>&1
 
-# 1. the teacher's training loop (accelerate picks the GPU; the preset's precision, fp32), from the shipped teacher
-step train_teacher 120 "${PD[@]}" train teacher --config teacher --preset phase9 --out "$WORK/teacher" \
+# 1. the teacher's training loop (accelerate picks the GPU; the config's precision, fp32), from the shipped teacher
+step train_teacher 120 "${PD[@]}" train teacher --config teacher --set options.init_unet=models/shapes/unet --out "$WORK/teacher" \
   --set max_steps=$T_STEPS --set eval_every=$T_STEPS --set sample_every=$T_STEPS --set checkpoint_every=100 \
   --set export_dir="$WORK/teacher_unet" --json "$OUT/train_teacher.json"
 # 2. CFG-aware step distillation (teacher 32 DDIM steps -> student 8), from the shipped student

@@ -1,10 +1,10 @@
 """One training step of the shapes-world teacher in fp32 and in bf16 autocast, at 1 and 2 threads, side by side.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py [--runs 10] [--warmup 2] [--threads 1,2] [--json PATH]
-        [--preset scratch] [--precisions fp32]
+        [--preset quick] [--precisions fp32]
 
-The real step of `pocketdiff train teacher --config teacher [--preset P]`: a batch of 32 (or the
-preset's batch size) rendered scenes, VAE encoding, text encoding, the UNet forward and backward, AdamW. The
+The real step of `pocketdiff train teacher --config teacher [--preset P]`: a batch of the config's batch size (128,
+the shipped recipe's, or the preset's) rendered scenes, VAE encoding, text encoding, the UNet forward and backward, AdamW. The
 question it answers: does bf16 autocast (`mixed_precision: bf16`, what accelerate applies) pay on this CPU for a UNet
 this small (8.8M params, 16x16 latents)? Every (precision, threads) setting runs round-robin in one process so that
 they share the machine's noise; medians over `--runs` rounds after `--warmup` rounds, and the ratio to fp32 at the

@@ -9,7 +9,7 @@ accuracy over all its images, with a 95% binomial interval, and FID (and CLIP sc
 depends on the number of images, so it is computed per set of 200, never pooled). `--ref LABEL@W=...` compares each
 model with the reference at guidance W on the same prompts and seeds: the change in points with a 95% interval from
 the paired per-image differences (`pocketdiff.evaluation.suite.paired_change`), where both files carry per-image
-verdicts (`correct`, written since session 7), else from the two independent accuracies. `--plot`: FID against
+verdicts (`correct`; older result files lack them), else from the two independent accuracies. `--plot`: FID against
 accuracy and CLIP score, one curve per model over its w (`pocketdiff sweep`'s figure).
 """
 

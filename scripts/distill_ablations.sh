@@ -2,7 +2,7 @@
 # Issue #5's ablations of CFG-aware step distillation, redone on the shipped (from-nothing) teacher with the shipped
 # student's recipe, on one GPU: each 8-step student changes one thing from `base`, and every model is judged on
 # both held-out sets over a guidance grid on three seed sets, so each ablation is a curve (docs/distillation.md,
-# session 19). The students train as parallel processes (these small UNets are launch-bound on a GPU; the scenes
+# 2026-11-28). The students train as parallel processes (these small UNets are launch-bound on a GPU; the scenes
 # are drawn on the CPU); a failure in one does not stop the others.
 #   base     the shipped recipe: the teacher at 32 DDIM steps teaches a copy of itself at 8 (k = 4), p 0.1, w in
 #            [2, 14], 200 steps at LR 1e-5 -> 1e-6, 80% two-object batches (models/shapes/unet_s8 is this run on a CPU)
@@ -14,7 +14,7 @@
 #   and, without training: the shipped student, and the teacher with DDIM and DPM-Solver++ at 8 steps.
 #     bash scripts/distill_ablations.sh OUT_DIR            (a GPU machine: about 7 minutes)
 #     DRY=1 bash scripts/distill_ablations.sh OUT_DIR      (seconds-long settings on any machine: checks the script)
-#     ROUND=strong D_STEPS=500 LR=3e-5 MIN_LR=3e-6 bash ...  (the five one-change students at session 17's recipe)
+#     ROUND=strong D_STEPS=500 LR=3e-5 MIN_LR=3e-6 bash ...  (the five one-change students at the older 500-step recipe)
 #     ROUND=two S_STEPS=2 WS=1.5,2,2.5 LR=3e-5 MIN_LR=3e-6 MAX_MIN=1.5 bash ...  (2 steps: p 0.1 / 0 / 1, k 2 / 4)
 # OUT_DIR gets each run's log.jsonl, config and eval JSONs; the students' weights stay in a temp dir and are deleted
 # (8.8M parameters each: a GPU machine returns too little to bring ten of them back; retrain one on a CPU to keep it).
@@ -67,7 +67,7 @@ student() {  # student NAME TEACHER_STEPS args...: S-step student from the teach
 }
 
 note "start: $("$PY" -c 'import torch, diffusers; print(torch.__version__, diffusers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())')"
-if [ "${ROUND:-1}" = two ]; then  # 2-step students straight from the teacher (session 18's straight run: k = 2)
+if [ "${ROUND:-1}" = two ]; then  # 2-step students straight from the teacher (as the shipped student: straight from the teacher, k = 2)
   student base 4 & student p0 4 --p 0 & student p1 4 --p 1 & student k4 8 &
   judge ddim2 & judge dpmpp2 --scheduler dpm++ &
   wait; note done; rm -rf "$WORK"; exit

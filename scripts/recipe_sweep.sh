@@ -2,11 +2,11 @@
 # Training recipes side by side on one GPU, each judged on both held-out sets: the GPU compares in minutes what the
 # 2-core CPU needs hours for. The variants run as parallel processes (these small UNets are launch-bound on a GPU);
 # each has a time cap, and a failure in one does not stop the others. Results: docs/results/teacher/recipe_sweep/.
-#   ROUND=1, ROUND=2 (session 14, issue #3): the teacher from nothing on the shipped tokenizer / text encoder / VAE,
+#   ROUND=1, ROUND=2 (issue #3): the teacher from nothing on the shipped tokenizer / text encoder / VAE,
 #     batch 128 x STEPS (1,000 x 128 = 128k scenes; the old recipe had seen 144k, 4,500 x 32, after its first two
-#     phases: 55.5% / 10.5%), judged at 50 DDIM steps, w 2 and 3, seed 0. Also re-runs the VAE stage's quick preset
-#     on the GPU (the session-13 fix of its sample grid had not run on one).
-#   ROUND=distill (prepared in session 14 for issue #5, not yet run): 8-step students of the shipped teacher, the
+#     warm-restarted runs: 55.5% / 10.5%), judged at 50 DDIM steps, w 2 and 3, seed 0. Also re-runs the VAE stage's quick preset
+#     on the GPU (the fix of its sample grid had not run on one).
+#   ROUND=distill (prepared for issue #5): 8-step students of the shipped teacher, the
 #     shipped recipe (k = 4, 500 steps, LR 3e-5) against k = 8, 1,000 steps and batch 128, judged at 8 DDIM steps,
 #     w 2 and 2.5, seed 0.
 #     bash scripts/recipe_sweep.sh OUT_DIR               (a GPU machine: about 8 minutes)

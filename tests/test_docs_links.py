@@ -13,7 +13,7 @@ CODE = re.compile(r"`([^`]+)`")
 RESULTS = re.compile(r"docs/results/(?:\{[^{}\s]*\}|[^`\s,;()\[\]{}])+")
 # Stage pages that other work in progress is writing (the README links to them by name). A link to one of them may be
 # dangling only while the page does not exist; delete each name here once its page has landed.
-PENDING = {"docs/one-step.md"}
+PENDING: set[str] = set()  # every stage page has landed
 
 
 def _expand_braces(path: str) -> list[str]:

@@ -169,7 +169,7 @@ def _train(cfg: EvolveConfig, src: Path, dst: Path, run_dir: Path, steps: int, r
     from pocketdiff.training.run import run_stage
 
     if dst.is_dir():
-        return  # finished in an earlier session
+        return  # finished by an earlier run of the same command
     if steps == 0:  # e.g. `init` is already robust-trained
         shutil.copytree(src, dst)
         return

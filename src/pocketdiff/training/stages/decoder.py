@@ -11,7 +11,7 @@ No paired text-image data is needed: the latents z come from the teacher text-to
 pipeline`: prompts -> `sampling_steps` DDIM steps with the teacher UNet and CFG; a bank of `bank_size` latents is
 generated once at start, with fixed seeds, and batches are drawn from it; a list of step counts makes one bank per
 count, the same prompts and seeds, so that the decoder sees the latents of every sampler it will decode, e.g. the
-8-step default and the 50-step teacher: the decoder shipped in session 5, trained on 20-step latents, measured 37.3 dB
+8-step default and the 50-step teacher: an earlier shipped decoder, trained on 20-step latents, measured 37.3 dB
 on 50-step and 35.4 dB on 8-step single-object latents) or from encoding images with the teacher
 encoder (`latents: encoder`, drawn fresh per batch). Only the decode path (post_quant_conv + decoder) is trained;
 the encoder, quant_conv, latent channels and scaling_factor are the teacher's, copied and frozen, so the exported

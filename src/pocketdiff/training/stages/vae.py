@@ -3,7 +3,7 @@
 The loss follows LDM/SD's convention: reconstruction and KL are both summed over each image (we divide both by the
 pixel count, which leaves their ratio unchanged), so `kl_weight` 1e-6 means what it means for SD's VAE. The shapes
 config uses 1.2288e-2 (12,288x SD's): its posterior is as wide as the signal (std 0.64 against a spread of 0.73 in
-the means), and a teacher on it learned faster than one on an SD-weighted VAE (docs/shapes-world.md, session 3).
+the means), and a teacher on it learned faster than one on an SD-weighted VAE (docs/shapes-world.md).
 
 After training, `scaling_factor` = `latent_std` / std of the latents (posterior samples, see `encode_latents`) of
 `scaling_samples` training images is written into the exported config (SD-1.5's 0.18215 is the same statistic for
