@@ -1,5 +1,4 @@
 import re
-import time
 
 import numpy as np
 import pytest
@@ -102,15 +101,6 @@ def test_render_geometry():
         for o, (cx, cy, r) in zip(s.objects, S.layout(s, rng)):
             left, right, top, bottom = S._extents(o.shape, r)
             assert cx - left >= 0 and cx + right <= 64 and cy - top >= 0 and cy + bottom <= 64
-
-
-def test_render_is_fast():
-    rng = np.random.default_rng(0)
-    scenes = [S.sample_scene(rng) for _ in range(500)]
-    start = time.perf_counter()
-    for s in scenes:
-        S.render(s, rng=rng)
-    assert 500 / (time.perf_counter() - start) > 500  # ~6,000/s on a quiet core; lenient for shared machines
 
 
 def test_bad_arguments():

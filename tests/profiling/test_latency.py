@@ -30,8 +30,7 @@ def test_profiler_times_every_block(tiny_profile):
     blocks = [u for u in p.units if u.cost.unit.is_block]
     assert [u.cost.unit.key for u in blocks] == [(a, b, c) for a, b, c, _ in p.spec.all_blocks()]
     assert all(u.timing.median > 0 and len(u.timing.times_ms) == 3 for u in p.units)
-    block_sum = sum(u.timing.median for u in blocks)
-    assert 0 < block_sum <= 2 * p.unet.max  # loose: 3 noisy runs on a shared machine (a sanity check, not a benchmark)
+    # how the block timings compare with the whole UNet's is a speed question: benchmarks/sanity_timings.py
     d = p.to_dict()
     assert d["unet"]["ms_median"] > 0 and len(d["blocks"]) == len(p.units) and d["overhead"]["method"] == "hooks"
 

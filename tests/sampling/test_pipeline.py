@@ -30,11 +30,15 @@ def test_schedulers_run(quick_model_dir, scheduler):
 
 
 def test_empty_prompt_is_unconditional(quick_model_dir):
+    """"" is what training drops captions to (CFG dropout), so it must be CFG's unconditional branch: the empty prompt
+    without guidance (w 1) makes the same image as any prompt at w 0 (u + 0 (c - u) = u)."""
     pipe = load_pipeline(quick_model_dir)
     with torch.no_grad():
-        empty = pipe.encode([""])
-    assert empty.shape[0] == 1
-    pipe("", num_inference_steps=2, guidance_scale=1.0)
+        empty, prompt = pipe.encode([""]), pipe.encode(["a red circle"])
+    assert empty.shape == prompt.shape and not torch.allclose(empty, prompt)
+    alone = pipe("", num_inference_steps=2, guidance_scale=1.0, seed=3).images.astype(int)
+    unconditional = pipe("a red circle", num_inference_steps=2, guidance_scale=0.0, seed=3).images.astype(int)
+    assert np.abs(alone - unconditional).max() <= 1  # uint8; batch 1 against the CFG batch of 2 may round apart
 
 
 def test_unknown_words_and_long_prompts_warn(quick_model_dir):
