@@ -73,4 +73,10 @@ def default_model_dir() -> Path:
     return path
 
 
-__all__ = ["MODEL_ENV", "config_names", "config_path", "default_model_dir", "is_config_name", "shipped_model_dir"]
+def default_model_path(*parts: str) -> str:
+    """`default_model_dir()` / parts, as text: the default of the training options that read the shipped model
+    (`field(default_factory=...)`, so that it is looked up when a config leaves the option out)."""
+    return str(default_model_dir().joinpath(*parts))
+
+
+__all__ = ["MODEL_ENV", "default_model_path", "config_names", "config_path", "default_model_dir", "is_config_name", "shipped_model_dir"]

@@ -86,7 +86,7 @@ def test_options_are_checked():
     cfg = load_config("distill", None, {"options": {"gamma": 0.2, "w_range": [1, 3]}})
     assert cfg.options.gamma == 0.2 and cfg.options.w_range == (1.0, 3.0)
     DistillStage(cfg)  # export_dir names options in braces: each halving exports beside the teacher
-    assert cfg.export_dir == "models/shapes/unet_s8"
+    assert cfg.export_dir == f"{cfg.options.teacher_dir}/unet_s8"
 
 
 def test_cli_without_a_trained_teacher_says_so(tmp_path):

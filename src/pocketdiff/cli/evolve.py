@@ -21,7 +21,7 @@ HELP = __doc__.split("\n\n")[0]
 
 
 def evolve(
-    teacher: Path = typer.Option(None, "--teacher", help="trained model dir whose unet/ evolves [config]"),
+    teacher: Path = typer.Option(None, "--teacher", help="trained model dir whose unet/ evolves [default: the default model]"),
     lut: Path = typer.Option(None, "--lut", help="latency lookup table (pocketdiff profile ... --lut)"),
     target_latency: float = typer.Option(None, "--target-latency", help="predicted UNet ms to reach"),
     target_speedup: float = typer.Option(None, "--target-speedup", help="teacher's predicted ms / this"),

@@ -99,7 +99,7 @@ def vpred(
 
 @app.command("student")
 def student(
-    teacher: Path = typer.Option(None, "--teacher", help="trained model dir (its unet/ teaches) [config: models/shapes]"),
+    teacher: Path = typer.Option(None, "--teacher", help="trained model dir (its unet/ teaches) [default: the default model]"),
     arch: str = typer.Option(None, "--arch", help="student: preset name, spec file or FlexUNet dir [default: teacher's]"),
     teacher_unet: Path = typer.Option(None, "--teacher-unet", help="teach with this UNet dir instead of TEACHER/unet"),
     p_drop_tf: float = typer.Option(None, help="robust training: P(transformer block -> identity) per step"),
@@ -133,7 +133,7 @@ def _gamma(value: str) -> float | str:
 
 @app.command("distill")
 def distill(
-    teacher: Path = typer.Option(None, "--teacher", help="teacher model dir (text encoder, VAE, scheduler, unet/)"),
+    teacher: Path = typer.Option(None, "--teacher", help="teacher model dir (text encoder, VAE, scheduler, unet/) [default: the default model]"),
     teacher_unet: Path = typer.Option(None, "--teacher-unet", help="another teacher UNet dir (e.g. the 16-step student)"),
     student: str = typer.Option(None, "--student", help="init: a UNet dir or a preset/spec [default: the teacher]"),
     teacher_steps: int = typer.Option(None, "--teacher-steps",

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pocketdiff.errors import PocketDiffError
+from pocketdiff.resources import default_model_path
 from pocketdiff.evolving.actions import edit, evolvable
 from pocketdiff.io import atomic_path, write_json_atomic, write_text_atomic
 from pocketdiff.profiling.lut import block_latencies, load_lut, predict_latency
@@ -47,7 +48,7 @@ class EvolveError(PocketDiffError):
 
 @dataclass
 class EvolveConfig:
-    teacher_dir: str = "models/shapes"
+    teacher_dir: str = field(default_factory=default_model_path)  # default: the default model
     lut: str = ""  # latency lookup table of the teacher's blocks on the target backend
     target_ms: float | None = None  # predicted UNet latency to reach (ms) ...
     target_speedup: float | None = None  # ... or teacher's predicted latency / this

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.resources import default_model_path
 from pocketdiff.text.clip import CLIPImageTower, build_text_encoder, contrastive_loss
 from pocketdiff.text.tokenizer import load_tokenizer, tokenize_prompts
 from pocketdiff.training.loop import Stage
@@ -117,7 +118,7 @@ class CLIPStage(Stage):
 
     @dataclass
     class Options:
-        tokenizer_dir: str = "models/shapes/tokenizer"
+        tokenizer_dir: str = field(default_factory=lambda: default_model_path("tokenizer"))
         image_export_dir: str | None = None  # default: clip_image/ beside export_dir
         data: str = "shapes"  # or a folder for ImageCaptionFolder
         two_object_fraction: float = 0.5

@@ -30,7 +30,7 @@ uses; encoder: held-out scenes), mean and 5th percentile; plus the decode-path p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +42,7 @@ from pocketdiff.data.batches import image_batch, open_dataset, random_batch
 from pocketdiff.data.shapes import heldout_images, to_uint8
 from pocketdiff.errors import DataError, ModelDirError
 from pocketdiff.io import atomic_path
+from pocketdiff.resources import default_model_path
 from pocketdiff.evaluation.reconstruction import psnr
 from pocketdiff.training.loop import Stage, make_grid
 
@@ -61,7 +62,7 @@ class DecoderStage(Stage):
 
     @dataclass
     class Options:
-        model_dir: str = "models/shapes"  # the teacher pipeline (tokenizer, text_encoder, unet, scheduler, vae)
+        model_dir: str = field(default_factory=default_model_path)  # the teacher pipeline (tokenizer, text_encoder, unet, scheduler, vae)
         unet: str | None = None  # the UNet whose latents it learns on (e.g. the student); default model_dir/unet
         teacher_vae: str | None = None  # the decoder to distil; default model_dir/vae
         student: Literal["pruned", "tiny"] = "pruned"

@@ -40,6 +40,7 @@ from pocketdiff.data.batches import image_batch, image_fields, open_dataset
 from pocketdiff.diffusion import batch_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
+from pocketdiff.resources import default_model_path
 from pocketdiff.training.distill import (alpha_sigma, auto_gamma, distillation_grid, step_distillation_loss,
                                          v_prediction_loss)
 from pocketdiff.training.loop import Stage
@@ -55,7 +56,7 @@ class DistillStage(Stage):
 
     @dataclass
     class Options:
-        teacher_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/, scheduler/ and (by default) unet/
+        teacher_dir: str = field(default_factory=default_model_path)  # tokenizer/, text_encoder/, vae/, scheduler/, unet/ (default: the default model)
         teacher_unet: str | None = None  # another teacher UNet dir (e.g. the 16-step student teaching the 8-step one)
         student: str | None = None  # None: a copy of the teacher | a UNet dir | a preset name or spec file
         student_depth: float = 1.0  # for a preset student (its width follows the teacher's channels)

@@ -30,6 +30,7 @@ from pocketdiff.data.batches import image_batch, image_fields, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
+from pocketdiff.resources import default_model_path
 from pocketdiff.training.loop import Stage
 from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
 
@@ -50,7 +51,7 @@ class StudentStage(Stage):
 
     @dataclass
     class Options:
-        teacher_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/, scheduler/, unet/ (the teacher)
+        teacher_dir: str = field(default_factory=default_model_path)  # tokenizer/, text_encoder/, vae/, scheduler/, unet/ (default: the default model)
         teacher_unet: str | None = None  # another teacher UNet dir (e.g. a ReLU-attention model's softmax parent)
         arch: str | None = None  # None: the teacher's own spec | preset name | spec file | FlexUNet directory
         student_depth: float = 1.0  # for a preset student (its width follows the teacher's channels)

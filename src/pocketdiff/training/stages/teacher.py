@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pocketdiff.data.batches import image_batch, open_dataset
 from pocketdiff.diffusion import min_snr_weight, noise_schedule, noised_latents, sample_timesteps
 from pocketdiff.models import load_vae, save_unet
+from pocketdiff.resources import default_model_path
 from pocketdiff.training.loop import Stage
 from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy, monitor_pipeline, sample_grid
 
@@ -26,7 +27,7 @@ class TeacherStage(Stage):
 
     @dataclass
     class Options:
-        model_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/ are read from here; unet/ goes here
+        model_dir: str = field(default_factory=default_model_path)  # tokenizer/, text_encoder/, vae/ (default: the default model)
         arch: str = "sd15"  # a preset name or a spec file
         width: float = 0.125
         depth: float = 1.0
@@ -139,8 +140,11 @@ class TeacherStage(Stage):
 
         root = Path(self.opts.model_dir)
         save_unet(models["unet"], export_dir)
-        self.scheduler.save_pretrained(root / "scheduler")
-        write_model_index(root)
+        if Path(export_dir).resolve().parent == root.resolve():  # exported into the model directory: complete it
+            self.scheduler.save_pretrained(root / "scheduler")
+            write_model_index(root)
+        else:  # a run's own export: the scheduler goes beside the UNet, the model directory is left as it was
+            self.scheduler.save_pretrained(Path(export_dir).parent / "scheduler")
 
 
 # ---------------------------------------------------------------------- shared by the diffusion stages

@@ -54,6 +54,7 @@ from pocketdiff.training.loop import Stage
 from pocketdiff.data.batches import image_batch, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.models import load_teacher, save_unet
+from pocketdiff.resources import default_model_path
 from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy
 
 
@@ -121,8 +122,8 @@ class UFOGenStage(Stage):
 
     @dataclass
     class Options:
-        model_dir: str = "models/shapes"  # tokenizer/, text_encoder/, vae/, scheduler/ (v-prediction)
-        init_unet: str = "models/shapes/unet_s8"  # G and D start from this UNet (the shipped 8-step student)
+        model_dir: str = field(default_factory=default_model_path)  # tokenizer/, text_encoder/, vae/, scheduler/ (default: the default model)
+        init_unet: str = field(default_factory=lambda: default_model_path("unet_s8"))  # G and D start here (the 8-step student)
         n_gap: int = 4  # real and fake are noised to s = t - T / n_gap (the reference code's num_times)
         t_last_fraction: float = 0.0  # share of each batch at t = T-1, the one-step sampler's t (ours; 0: uniform)
         w_adv: float = 1.0  # generator: adversarial weight
