@@ -79,4 +79,5 @@ def default_model_path(*parts: str) -> str:
     return str(default_model_dir().joinpath(*parts))
 
 
-__all__ = ["MODEL_ENV", "default_model_path", "config_names", "config_path", "default_model_dir", "is_config_name", "shipped_model_dir"]
+__all__ = ["MODEL_ENV", "config_names", "config_path", "default_model_dir", "default_model_path", "is_config_name",
+           "shipped_model_dir"]
