@@ -48,7 +48,7 @@ def main() -> None:
     stage = TeacherStage(load_config(a.config, a.preset, {"options": {"init_unet": None}}))
     unet, frozen = stage.build()["unet"].train(), stage.build_frozen()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
-    rng = np.random.default_rng(0)
+    dataset, batches = stage.dataset(), iter(range(0, 10**9, stage.cfg.batch_size))
     precisions = {"fp32": contextlib.nullcontext, "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
     settings = [(p, int(t)) for t in a.threads.split(",") for p in a.precisions.split(",")]
 
@@ -56,7 +56,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         with precisions[precision]():
-            loss, _ = stage.compute_loss({"unet": unet}, frozen, stage.get_batch(rng))
+            loss, _ = stage.compute_loss({"unet": unet}, frozen, stage.batch_at(next(batches), dataset))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -42,11 +42,17 @@ def min_snr_weight(scheduler, t: torch.Tensor, gamma: float, prediction_type: st
     return capped / (snr + 1) if prediction_type == "v_prediction" else capped / snr
 
 
+def seeded_randn(seeds: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """[len(seeds), *shape] standard normal noise, example b's from its own generator seeded with seeds[b]: an
+    example's noise depends on the example only, not on the batch it lands in (2 processes x B == 1 x 2B)."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 def noised_latents(scheduler, vae, batch: dict, latent_sample: bool = True):
-    """(x0, eps, t, z_t): the batch's images as VAE latents, noise drawn from the batch's seed (exact resume without
-    a torch RNG), z_t = alpha_t x0 + sigma_t eps (the forward process, `scheduler.add_noise`)."""
+    """(x0, eps, t, z_t): the batch's images (or cached posteriors) as VAE latents, noise drawn from each example's
+    `noise_seed` (exact resume without a torch RNG), z_t = alpha_t x0 + sigma_t eps (`scheduler.add_noise`)."""
     x0 = batch_latents(vae, batch, latent_sample)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x0)
+    noise = seeded_randn(batch["noise_seed"] + 1, x0.shape[1:]).to(x0)
     t = batch["t"].to(x0.device)
     return x0, noise, t, scheduler.add_noise(x0, noise, t)
 
@@ -55,19 +61,23 @@ def noised_latents(scheduler, vae, batch: dict, latent_sample: bool = True):
 def batch_latents(vae, batch: dict, sample: bool = True) -> torch.Tensor:
     """x0 of a training batch (fp32): its images encoded (`encode_latents`), or, from a latent cache
     (`pocketdiff.data.latent_cache`), the saved posterior's sample, drawn from the batch's seed as the encoder path
-    draws it, so the two give the same latents up to the cache's fp16 rounding."""
-    generator = torch.Generator().manual_seed(batch["noise_seed"])
+    draws it, so the two give the same latents up to the cache's fp16 rounding. Example b's sample is drawn from
+    its own `noise_seed` (`seeded_randn`)."""
+    seeds = torch.as_tensor(batch["noise_seed"]).reshape(-1)
     if "latent_moments" not in batch:
-        return encode_latents(vae, batch["pixel_values"], sample=sample, generator=generator).float()
+        return encode_latents(vae, batch["pixel_values"], sample=sample, noise_seeds=seeds).float()
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     posterior = DiagonalGaussianDistribution(batch["latent_moments"].float())
-    return ((posterior.sample(generator=generator) if sample else posterior.mode()) * vae.config.scaling_factor).float()
+    z = posterior.mean + posterior.std * seeded_randn(seeds, posterior.mean.shape[1:]).to(posterior.mean) \
+        if sample else posterior.mode()
+    return (z * vae.config.scaling_factor).float()
 
 
 def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, sample: bool = True,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   noise_seeds: torch.Tensor | None = None) -> torch.Tensor:
     """Diffusion-scale latents of images: a posterior sample (default, as SD) or the posterior mean, x scaling_factor.
+    `noise_seeds` (one per image): each posterior sample from its own seed (`seeded_randn`); None: the torch RNG.
 
     Measured on the shapes world: this small VAE's posterior std averages 0.64 against a spread of 0.71 in its means,
     so training on samples puts ~45% of the target variance into noise (v-loss plateau 0.72). Training on means instead
@@ -77,8 +87,16 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, sample: bool = True
     means raise every SNR ~1.9x and move the model's effort from composition (high noise) to latent detail.
     """
     posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    z = posterior.sample(generator=generator) if sample else posterior.mode()
+    if not sample:
+        z = posterior.mode()
+    elif noise_seeds is None:
+        z = posterior.sample()
+    else:  # what DiagonalGaussianDistribution.sample does, with per-example noise
+        z = posterior.mean + posterior.std * seeded_randn(noise_seeds, posterior.mean.shape[1:]).to(posterior.mean)
     return z * vae.config.scaling_factor
 
 
-__all__ = ["batch_latents", "encode_latents", "min_snr_weight", "noise_schedule", "noised_latents", "sample_timesteps"]
+    """(x0, eps, t, z_t): the batch's images (or cached posteriors) as VAE latents, noise drawn from each example's
+    `noise_seed` (exact resume without a torch RNG), z_t = alpha_t x0 + sigma_t eps (`scheduler.add_noise`)."""
+    x0 = batch_latents(vae, batch, latent_sample)
+    noise = seeded_randn(batch["noise_seed"] + 1, x0.shape[1:]).to(x0)

@@ -49,12 +49,17 @@ class Toy(loop.Stage):
     def build(self):
         return {"net": nn.Sequential(nn.Linear(self.opts.dim, 16), nn.Tanh(), nn.Linear(16, 1))}
 
-    def get_batch(self, rng):
-        maybe_kill("batch")
-        x = torch.from_numpy(rng.standard_normal((8, self.opts.dim))).float()
-        return {"x": x, "y": x.sum(1, keepdim=True)}
+    def dataset(self):
+        from pocketdiff.data.stream import seeded_stream
+
+        def make(_, rng):
+            x = torch.from_numpy(rng.standard_normal(self.opts.dim)).float()
+            return {"x": x, "y": x.sum(0, keepdim=True)}
+
+        return seeded_stream(self.cfg.seed, make)
 
     def compute_loss(self, models, frozen, batch):
+        maybe_kill("batch")
         pred = models["net"](batch["x"] + 0.1 * torch.randn_like(batch["x"]))  # the torch RNG must resume too
         return (pred - batch["y"]).pow(2).mean(), {}
 

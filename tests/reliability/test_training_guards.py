@@ -30,11 +30,13 @@ class Toy(Stage):
         self.calls = 0
         return {"net": nn.Linear(4, 1)}
 
-    def get_batch(self, rng):
-        self.calls += 1
-        return {"x": torch.from_numpy(rng.standard_normal((4, 4))).float()}
+    def dataset(self):
+        from pocketdiff.data.stream import seeded_stream
+
+        return seeded_stream(self.cfg.seed, lambda _, rng: {"x": torch.from_numpy(rng.standard_normal(4)).float()})
 
     def compute_loss(self, models, frozen, batch):
+        self.calls += 1
         loss = models["net"](batch["x"]).pow(2).mean()
         if self.calls == self.opts.nan_at_step:
             loss = loss * float("nan")

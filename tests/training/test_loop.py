@@ -19,7 +19,7 @@ from pocketdiff.training.loop import Stage, find_checkpoint, lr_at, train
 
 
 class ToyStage(Stage):
-    """Noisy linear regression: batches from the numpy rng, noise from the torch RNG (both must resume)."""
+    """Noisy linear regression: examples from the seeded stream, noise from the torch RNG (both must resume)."""
 
     name = "toy"
 
@@ -32,14 +32,19 @@ class ToyStage(Stage):
         self.calls = 0
         return {"net": nn.Sequential(nn.Linear(self.opts.dim, 8), nn.Tanh(), nn.Linear(8, 1))}
 
-    def get_batch(self, rng):
+    def dataset(self):
+        from pocketdiff.data.stream import seeded_stream
+
+        def make(_, rng):
+            x = torch.from_numpy(rng.standard_normal(self.opts.dim)).float()
+            return {"x": x, "y": x.sum(0, keepdim=True)}
+
+        return seeded_stream(self.cfg.seed, make)
+
+    def compute_loss(self, models, frozen, batch):
         self.calls += 1
         if self.calls == self.opts.interrupt_at_batch:
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C: this step completes, then checkpoint and stop
-        x = torch.from_numpy(rng.standard_normal((self.cfg.batch_size, self.opts.dim))).float()
-        return {"x": x, "y": x.sum(1, keepdim=True)}
-
-    def compute_loss(self, models, frozen, batch):
         pred = models["net"](batch["x"] + 0.1 * torch.randn_like(batch["x"]))
         loss = (pred - batch["y"]).pow(2).mean()
         return loss, {"mse": loss.item()}
@@ -95,15 +100,15 @@ def test_resume_is_exact_vae(tmp_path):
     train(VAEStage(c), c, tmp_path / "full")
     # SIGTERM (as `kill PID`) during the second batch: stop and checkpoint after step 2, then resume
     stage = VAEStage(c)
-    orig, calls = stage.get_batch, [0]
+    orig, calls = stage.compute_loss, [0]
 
-    def get_batch(rng):
+    def compute_loss(*args):
         calls[0] += 1
         if calls[0] == 2:
             signal.raise_signal(signal.SIGTERM)
-        return orig(rng)
+        return orig(*args)
 
-    stage.get_batch = get_batch
+    stage.compute_loss = compute_loss
     assert train(stage, c, tmp_path / "split")["step"] == 2
     train(VAEStage(c), c, tmp_path / "split", resume=True)
     for name in ("model.safetensors", "ema.safetensors"):

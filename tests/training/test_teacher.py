@@ -13,7 +13,7 @@ def quick_stage(model_dir):
 def losses_on_a_fixed_batch(stage, steps: int = 30) -> list[float]:
     models = torch.nn.ModuleDict(stage.build())
     frozen = stage.build_frozen()
-    batch = stage.get_batch(np.random.default_rng(0))  # same images, captions, t and noise every step
+    batch = stage.batch_at(0)  # same images, captions, t and noise every step
     opt = torch.optim.AdamW(models.parameters(), lr=3e-3)
     losses = []
     for _ in range(steps):
@@ -35,7 +35,7 @@ def test_cfg_dropout_empties_captions(quick_model_dir):
     stage.build()
     stage.opts.cfg_dropout = 1.0
     stage.cfg.batch_size = 8
-    assert stage.get_batch(np.random.default_rng(1))["caption"] == [""] * 8
+    assert stage.batch_at(1)["caption"] == [""] * 8
 
 
 def test_teacher_is_v_prediction_on_the_sd15_topology(quick_model_dir):

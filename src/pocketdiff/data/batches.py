@@ -2,8 +2,10 @@
 
     dataset = open_dataset(opts.data)                 # None for shapes, else an ImageCaptionFolder
     batch = image_batch(opts.data, rng, 32, 0.5, dataset)   # {"pixel_values": [B, 3, H, W] in [-1, 1], "caption": [...]}
+    stream = image_stream(opts.data, dataset, seed, 0.5, make)  # the trainer's: stream[i] = the run's i-th example
 
-Indices and scenes are drawn with the caller's numpy `rng`, so a resumed run sees the same batches.
+Indices and scenes are drawn with the caller's numpy `rng`, so a resumed run sees the same batches. `image_stream`
+is what a training stage's `dataset()` returns (`pocketdiff.data.stream`: example i a pure function of (seed, i)).
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ def image_fields(batch: dict) -> dict:
     return {k: batch[k] for k in ("pixel_values", "latent_moments", "skipped") if k in batch}
 
 
+def count_skipped(batch: dict) -> int:
+    """How many bad examples the data source dropped to fill this (collated) batch."""
+    return int(torch.as_tensor(batch.get("skipped", 0)).sum())
+
+
+def image_stream(data: str, dataset, seed: int, two_object_fraction: float, make=None, size: int = 64):
+    """The run's examples ({"pixel_values", "caption"}, then `make(example, rng)`: the stage's per-example randomness)
+    from the shapes world (`data: shapes`, generated from the example's own generator) or from `dataset`."""
+    from pocketdiff.data.stream import seeded_stream
+
+    make = make or (lambda example, rng: example)
+    if data == "shapes":
+        from pocketdiff.data.shapes import make_example
+
+        return seeded_stream(seed, lambda _, rng: make(make_example(rng, two_object_fraction, size=size), rng))
+    if dataset is None:
+        raise DataError(f"data: {data!r} is neither 'shapes' nor a folder")
+    return seeded_stream(seed, make, dataset)
+
+
 def open_dataset(data: str, size: int = 64, seed: int = 0):
     """The data source `data` names, its images at `size` px: None for the built-in shapes world; a latent cache
     (`pocketdiff data cache-latents`); webdataset shards (a directory of *.tar, a brace pattern or a .tar); parquet
@@ -84,4 +106,4 @@ def open_dataset(data: str, size: int = 64, seed: int = 0):
     return ImageCaptionFolder(data, size=size)
 
 
-__all__ = ["image_batch", "image_fields", "open_dataset", "random_batch"]
+__all__ = ["count_skipped", "image_batch", "image_fields", "image_stream", "open_dataset", "random_batch"]

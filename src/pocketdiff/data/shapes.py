@@ -410,6 +410,13 @@ def make_batch(
     return batch
 
 
+def make_example(rng: np.random.Generator, two_object_fraction: float = 0.5, split: str = "train",
+                 size: int = 64) -> dict:
+    """One example {"pixel_values": (3, size, size) in [-1, 1], "caption": str}, drawn with `rng` only."""
+    scene = sample_scene(rng, 2 if rng.random() < two_object_fraction else 1, split)
+    return {"pixel_values": to_tensor(render(scene, size, rng)), "caption": caption(scene, rng)}
+
+
 class ShapesDataset(torch.utils.data.IterableDataset):
     """An endless, seeded stream of {"pixel_values", "caption"} examples. Each DataLoader worker gets its own
     stream (seeded by `seed` and the worker id), so the stream is deterministic for a given `num_workers`."""
@@ -423,10 +430,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id])
         while True:
-            n = 2 if rng.random() < self.two_object_fraction else 1
-            scene = sample_scene(rng, n, self.split)
-            pixels = to_tensor(render(scene, self.size, rng))
-            yield {"pixel_values": pixels, "caption": caption(scene, rng)}
+            yield make_example(rng, self.two_object_fraction, self.split, self.size)
 
 
 EVAL_SEED = 10_000  # renders held-out scenes with jitter no training batch shares

@@ -42,7 +42,7 @@ class TrainConfig:
     max_steps: int = 1000
     max_minutes: float | None = None  # cumulative over resumes
     # optimisation (AdamW, warmup + cosine)
-    batch_size: int = 32
+    batch_size: int = 32  # per process: the global batch is batch_size x processes x grad_accum_steps
     grad_accum_steps: int = 1
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -54,6 +54,7 @@ class TrainConfig:
     # auto: bf16 on a GPU that has it, fp32 on a CPU (`loop.resolve_mixed_precision`)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "no"
     num_threads: int | None = None  # torch.set_num_threads; None: all cores
+    num_workers: int = 0  # DataLoader worker processes per training process (0: load in the training process)
     # bookkeeping (0 disables)
     log_every: int = 10
     sample_every: int = 0
@@ -72,6 +73,7 @@ class TrainConfig:
             "ema_decay": self.ema_decay is None or 0 <= self.ema_decay < 1,
             "max_minutes": self.max_minutes is None or self.max_minutes > 0,
             "num_threads": self.num_threads is None or self.num_threads >= 1,
+            "num_workers": self.num_workers >= 0,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
         }
         for name in ("log_every", "sample_every", "eval_every", "checkpoint_every"):

@@ -3,20 +3,31 @@
     stage = STAGES["vae"](cfg)          # cfg: TrainConfig from pocketdiff.training.config.load_config
     summary = train(stage, cfg, out_dir="runs/vae", resume=False)
 
-Per optimiser step: for each micro-batch, `stage.get_batch(rng)` -> `stage.compute_loss(models, frozen, batch)`
--> backward; then clip, AdamW step, EMA update, log, sample/eval/checkpoint on their schedules. At the end: final
-checkpoint, `stage.evaluate` on the EMA weights, `stage.export` of the EMA weights to `cfg.export_dir`.
+Per optimiser step: for each micro-batch, the next batch of the DataLoader over `stage.dataset()` ->
+`stage.compute_loss(models, frozen, batch)` -> backward; then clip, AdamW step, EMA update, log, sample/eval/checkpoint
+on their schedules. At the end: final checkpoint, `stage.evaluate` on the EMA weights, `stage.export` of the EMA weights
+to `cfg.export_dir`.
 
-Exact resume: batches come only from a `numpy.random.Generator` (its state is checkpointed), the learning rate is
-a pure function of the step, and the torch RNG state is checkpointed, so k steps + resume + (N-k) steps gives the
-same weights as N steps in one go (tests/training/test_loop.py). Sampling and evaluation run under
-`torch.random.fork_rng()` with their own numpy generator, so they never shift the training stream.
+Data: a `torch.utils.data.DataLoader` prepared by Accelerate (micro-batches sharded over processes; `batch_size` is
+per process). The stage's dataset is indexed by the run's global sample number (`pocketdiff.data.stream`: example i is
+a pure function of (seed, i), its randomness included), read through `IndexSampler(samples_seen)`. We chose that over
+Accelerate's `skip_first_batches` for map-style data because resuming is then O(1) and the stream does not depend on
+the number of processes: 2 processes x batch B train on exactly the samples of 1 process x batch 2B. Streaming
+(Iterable) datasets are resumed with `accelerator.skip_first_batches`.
+
+Exact resume: the data position is the checkpointed sample count, the learning rate is a pure function of the step,
+and every process's torch RNG state is checkpointed, so k steps + resume + (N-k) steps gives the same weights as N
+steps in one go (tests/training/test_loop.py, and under 2 processes tests/training/test_multiprocess.py). Sampling and
+evaluation run under `torch.random.fork_rng()` with their own numpy generator, so they never shift the training stream.
+
+Several processes (`accelerate launch --num_processes P -m pocketdiff.cli train STAGE ...`): each trainable module is
+prepared by Accelerate (DDP, or FSDP from the launch config), so gradients are averaged and the weights stay identical
+on every process; the main process alone holds the run-directory lock, writes checkpoints (our format, atomic: the
+weights are the same everywhere, the per-process RNG states are gathered to it), logs, samples, evaluates and exports
+(once). A stop request (Ctrl-C / SIGTERM on any process, `max_minutes`) is agreed between the processes each step.
 
 Ctrl-C / SIGTERM (e.g. `kill PID` of a nohup run) finishes the current step, checkpoints and returns with
 stopped="interrupted" without exporting; `--resume` continues exactly from there.
-
-Single process: batches are drawn by the stage, not by a DataLoader, so multi-process runs would each need their own
-stream (the generator is seeded with (seed, process_index), but only the main process checkpoints it).
 
 Threads: `torch.set_num_threads(cfg.num_threads or all cores)`. `OMP_WAIT_POLICY=PASSIVE` (see
 shared/reference/measured.md: 3-8x slowdowns on a shared 2-core machine without it) must be in the environment
@@ -46,7 +57,7 @@ import yaml
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
-from pocketdiff.errors import PocketDiffError, WeightsError
+from pocketdiff.errors import DataError, PocketDiffError, WeightsError
 from pocketdiff.io import fsync_dir, recover_dir, write_png_atomic, write_text_atomic
 from pocketdiff.training.config import TrainConfig
 
@@ -75,7 +86,11 @@ class Stage(ABC):
     - `build()`: the trainable modules, by name (they are trained, EMA'd and checkpointed as one ModuleDict);
       `{}` for a stage with nothing to optimise (e.g. the tokenizer): then `train` only exports.
     - `build_frozen()`: frozen context (a teacher, a VAE, a text encoder); moved to the device, eval, no grad.
-    - `get_batch(rng)`: one micro-batch drawn with `rng` only (so resume is exact); tensors are moved to the device.
+    - `dataset()`: the run's training examples (dicts): a map-style dataset indexed by the global sample number,
+      `ds[i]` a pure function of (cfg.seed, i) (build it with `pocketdiff.data.stream.seeded_stream`), or an endless
+      IterableDataset (streaming). `collate(examples)` makes a micro-batch of `cfg.batch_size` of them (default:
+      `pocketdiff.data.stream.collate`); tensors are moved to the device. `batch_at(i)` is the micro-batch of
+      examples i..i+batch_size-1 (tests, benchmarks).
     - `compute_loss(models, frozen, batch) -> (loss, logs)`: logs are floats, averaged into log.jsonl.
     - `sample(models, frozen, rng)`: optional uint8 HxWx3 grid, saved as samples/step_XXXXXX.png.
     - `evaluate(models, frozen)`: optional metrics dict, every `eval_every` steps and at the end (EMA weights).
@@ -83,6 +98,9 @@ class Stage(ABC):
     """
 
     name: ClassVar[str] = ""
+    # DDP: True for stages whose step leaves some trainable parameters without a gradient (dropped blocks, a
+    # discriminator updated every k steps); costs a graph traversal per step
+    find_unused_parameters: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -100,9 +118,19 @@ class Stage(ABC):
     def build_frozen(self) -> dict[str, nn.Module]:
         return {}
 
-    def get_batch(self, rng: np.random.Generator) -> dict[str, Any]:
+    def dataset(self) -> torch.utils.data.Dataset:
         # required only of stages whose build() returns trainable modules (the tokenizer's has none)
-        raise NotImplementedError(f"stage {self.name!r} has trainable modules but defines no get_batch")
+        raise NotImplementedError(f"stage {self.name!r} has trainable modules but defines no dataset")
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        from pocketdiff.data.stream import collate
+
+        return collate(examples)
+
+    def batch_at(self, start: int = 0, dataset=None) -> dict[str, Any]:
+        """The micro-batch of examples start .. start + batch_size - 1 of a map-style `dataset()`."""
+        ds = dataset if dataset is not None else self.dataset()
+        return self.collate([ds[i] for i in range(start, start + self.cfg.batch_size)])
 
     def compute_loss(
         self, models: nn.ModuleDict, frozen: dict[str, nn.Module], batch: dict[str, Any]
@@ -163,8 +191,25 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer, state: dict) -> Path:
-    """Write to ckpt.tmp/, then swap it in with renames: a crash leaves either the old or the new checkpoint."""
+def rng_states(accelerator=None) -> dict[str, torch.Tensor]:
+    """This process's torch RNG states, or with `accelerator` every process's (gathered; a collective: every process
+    calls it): "torch_cpu" / "torch_cuda" for process 0, "torch_cpu.K" / "torch_cuda.K" for process K."""
+    mine = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mine["torch_cuda"] = torch.cuda.get_rng_state()
+    if accelerator is None or accelerator.num_processes == 1:
+        return mine
+    out = {}
+    for key, state in mine.items():
+        every = accelerator.gather(state.to(accelerator.device)[None]).cpu()  # [P, n] uint8
+        out.update({key if k == 0 else f"{key}.{k}": every[k] for k in range(len(every))})
+    return out
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer, state: dict,
+                    rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write to ckpt.tmp/, then swap it in with renames: a crash leaves either the old or the new checkpoint.
+    `rng`: the RNG states to store (default: this process's, `rng_states()`)."""
     tmp, final, old = run_dir / CHECKPOINT_TMP, run_dir / CHECKPOINT, run_dir / CHECKPOINT_OLD
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -172,10 +217,8 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer,
     if ema is not None:
         save_model(ema.model, str(tmp / "ema.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(tmp / "rng.safetensors"))
+    save_file({k: v.contiguous() for k, v in (rng if rng is not None else rng_states()).items()},
+              str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     for f in tmp.iterdir():  # the data reaches the disk before the renames that publish it
         fsync_dir(f)
@@ -189,14 +232,14 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer,
     return final
 
 
-def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer) -> dict:
+def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer, process_index: int = 0) -> dict:
     """Restore weights (safetensors), optimizer (torch.load weights_only=True: plain tensors and containers only,
-    no arbitrary unpickling) and RNG; return state.json. A missing, truncated or corrupt file is named."""
+    no arbitrary unpickling) and this process's RNG; return state.json. A missing, truncated or corrupt file is named."""
     from pocketdiff.loading import check_safetensors, load_safetensors, read_json
 
     fix = "use a new --out or drop --resume"
     state = read_json(ckpt / "state.json", error=WeightsError)
-    if not isinstance(state, dict) or not {"step", "elapsed_s", "numpy_rng"} <= set(state):
+    if not isinstance(state, dict) or not {"step", "elapsed_s", "samples_seen"} <= set(state):
         raise WeightsError(f"{ckpt / 'state.json'}: not a checkpoint state (corrupt?); {fix}")
     names = ["model.safetensors", "rng.safetensors"] + (["ema.safetensors"] if (ckpt / "ema.safetensors").is_file() else [])
     for name in names:
@@ -218,14 +261,17 @@ def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer) ->
     rng = load_safetensors(ckpt / "rng.safetensors")
     if "torch_cpu" not in rng or rng["torch_cpu"].dtype != torch.uint8:
         raise WeightsError(f"{ckpt / 'rng.safetensors'}: no torch RNG state (corrupt?); {fix}")
+    suffix = f".{process_index}" if process_index else ""
+    if f"torch_cpu{suffix}" not in rng:  # resumed with more processes than the checkpoint was written by
+        warnings.warn(f"{ckpt}: no RNG state for process {process_index}: it continues from process 0's",
+                      stacklevel=2)
+        suffix = ""
     try:
-        torch.set_rng_state(rng["torch_cpu"])
+        torch.set_rng_state(rng[f"torch_cpu{suffix}"])
     except RuntimeError as e:
         raise WeightsError(f"{ckpt / 'rng.safetensors'}: not a valid RNG state ({e}); {fix}") from None
-    if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    if torch.cuda.is_available() and f"torch_cuda{suffix}" in rng:
+        torch.cuda.set_rng_state(rng[f"torch_cuda{suffix}"])
     return state
 
 
@@ -243,14 +289,19 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _make_accelerator(mixed_precision: str):
-    from accelerate import Accelerator
+def _make_accelerator(mixed_precision: str, find_unused_parameters: bool = False):
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, GradientState
 
     # Accelerate keeps process-wide singletons; several train() calls in one process (tests) need a fresh state.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(mixed_precision),
+        # a streaming dataset is read by every process, each keeping its slice of each global batch (batches hold
+        # captions, which Accelerate's dispatching from the main process cannot broadcast)
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("mixed_precision: bf16 on a CPU without avx512_bf16 / amx_bf16: bf16 is emulated there, "
                       "~13x slower than fp32 (the VAE stage, AMD EPYC Zen 3: 13.5 s against 1.0 s a step); "
@@ -383,9 +434,9 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
     run_dir = Path(out_dir) if out_dir is not None else cfg.run_dir
     new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    recover_dir(Path(cfg.export_dir))  # a crash inside publish_dir's fallback (non-Linux) left NAME.old
     if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process holds the lock
         return _train(stage, cfg, run_dir, resume)
+    recover_dir(Path(cfg.export_dir))  # a crash inside publish_dir's fallback (non-Linux) left NAME.old
     try:
         with _RunDirLock(run_dir):
             return _train(stage, cfg, run_dir, resume)
@@ -396,21 +447,43 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
         raise
 
 
+def _data_loader(dataset, stage: Stage, cfg: TrainConfig, accelerator, samples_seen: int):
+    """The DataLoader over the stage's examples, prepared by Accelerate (sharded over processes), positioned after
+    the `samples_seen` samples the run has consumed (all processes together)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from pocketdiff.data.stream import IndexSampler
+
+    # its own generator: a DataLoader draws its workers' base seed when iterated, which must not shift the torch RNG
+    kw = {"batch_size": cfg.batch_size, "collate_fn": stage.collate, "num_workers": cfg.num_workers,
+          "generator": torch.Generator().manual_seed(cfg.seed)}
+    if not isinstance(dataset, IterableDataset):
+        # map-style, indexed by the global sample number: restart the index stream where the run stands (O(1))
+        return accelerator.prepare_data_loader(DataLoader(dataset, sampler=IndexSampler(samples_seen), **kw))
+    loader = DataLoader(dataset, **kw)
+    if not getattr(dataset, "splits_by_process", False):  # else each process reads its own part of the stream
+        loader = accelerator.prepare_data_loader(loader)
+    consumed = samples_seen // (cfg.batch_size * accelerator.num_processes)  # this process's micro-batches
+    return accelerator.skip_first_batches(loader, consumed) if consumed else loader
+
+
 def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.num_threads or _cpu_count())
-    accelerator = _make_accelerator(cfg.mixed_precision)
-    device, main = accelerator.device, accelerator.is_main_process
+    accelerator = _make_accelerator(cfg.mixed_precision, stage.find_unused_parameters)
+    device, main, nproc = accelerator.device, accelerator.is_main_process, accelerator.num_processes
     if main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    # 1. models: trainable (one ModuleDict, EMA'd), frozen context
+    # 1. models: trainable (one ModuleDict, EMA'd and checkpointed; each module prepared, e.g. DDP), frozen context
     torch.manual_seed(cfg.seed)
     model = nn.ModuleDict(stage.build())
     frozen = {k: m.to(device).eval().requires_grad_(False) for k, m in stage.build_frozen().items()}
-    rng = np.random.default_rng([cfg.seed, accelerator.process_index])
-    step, elapsed, stopped = 0, 0.0, "max_steps"
+    if accelerator.process_index:  # the same initial weights everywhere, then each process its own torch stream
+        torch.manual_seed(cfg.seed + 1_000_003 * accelerator.process_index)
+    step, elapsed, stopped, samples_seen = 0, 0.0, "max_steps", 0
+    samples_per_step = cfg.batch_size * nproc * cfg.grad_accum_steps
     trainable = any(p.requires_grad for p in model.parameters())
 
     if trainable:
@@ -426,7 +499,11 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
             groups += [{"params": decay, "weight_decay": cfg.weight_decay, **extra},
                        {"params": no_decay, "weight_decay": 0.0, **extra}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        # what compute_loss calls: the prepared modules (DDP / FSDP wrappers: gradients averaged over processes);
+        # `model` stays the plain ModuleDict that EMA, checkpoints and export read (same parameters)
+        names = [k for k, m in model.items() if any(p.requires_grad for p in m.parameters())]
+        *prepared, optimizer = accelerator.prepare(*(model[k] for k in names), optimizer)
+        wrapped = nn.ModuleDict({k: prepared[names.index(k)] if k in names else m for k, m in model.items()})
         if ema is not None:
             ema.model.to(device)
 
@@ -435,30 +512,37 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         if resume and ckpt is None:
             warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=2)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, accelerator.unwrap_model(model), ema, optimizer)
-            step, elapsed = state["step"], state["elapsed_s"]
-            try:
-                rng.bit_generator.state = state["numpy_rng"]
-            except (TypeError, ValueError, KeyError) as e:
-                raise WeightsError(f"{ckpt / 'state.json'}: corrupt numpy RNG state ({e}); use a new --out") from None
+            state = load_checkpoint(ckpt, model, ema, optimizer, accelerator.process_index)
+            step, elapsed, samples_seen = state["step"], state["elapsed_s"], state["samples_seen"]
+            if not isinstance(samples_seen, int) or samples_seen < 0:
+                raise WeightsError(f"{ckpt / 'state.json'}: corrupt samples_seen {samples_seen!r}; use a new --out")
         log = _JsonLog(run_dir / "log.jsonl", step if ckpt is not None else None, main)
+        batches = iter(_data_loader(stage.dataset(), stage, cfg, accelerator, samples_seen))
 
         def checkpoint() -> None:
-            if not _all_finite(accelerator.unwrap_model(model)) or (ema is not None and not _all_finite(ema.model)):
+            if not _all_finite(model) or (ema is not None and not _all_finite(ema.model)):
                 raise _diverged(run_dir, step, "a weight is non-finite", lr_at(max(step - 1, 0), cfg))
+            rng = rng_states(accelerator)  # every process's (a collective)
             if main:
-                state = {"step": step, "elapsed_s": elapsed, "numpy_rng": rng.bit_generator.state,
+                state = {"step": step, "elapsed_s": elapsed, "samples_seen": samples_seen, "num_processes": nproc,
                          "stage": stage.name, "config": cfg.to_dict()}
-                save_checkpoint(run_dir, accelerator.unwrap_model(model), ema, optimizer, state)
+                save_checkpoint(run_dir, model, ema, optimizer, state, rng)
 
         def side_task(fn, *args):
             """sample/evaluate the EMA weights (fp32, as exported) without touching the training RNG streams."""
-            target = ema.model if ema is not None else accelerator.unwrap_model(model)
+            target = ema.model if ema is not None else model
             target.eval()
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 out = fn(target, frozen, *args)
-            accelerator.unwrap_model(model).train()
+            model.train()
             return out
+
+        def agreed(*flags: bool) -> list[bool]:
+            """Each flag true on any process (a stop request, a non-finite loss): all processes act alike."""
+            if nproc == 1:
+                return list(flags)
+            return [bool(f) for f in accelerator.reduce(torch.tensor(flags, dtype=torch.float32, device=device),
+                                                        "sum").tolist()]
 
         # 3. the loop
         model.train()
@@ -471,10 +555,12 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         last_ckpt = step
         with _GracefulStop() as stop:
             while step < cfg.max_steps:
-                if stop.requested:
+                interrupted, out_of_time = agreed(
+                    stop.requested, cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes)
+                if interrupted:
                     stopped = "interrupted"
                     break
-                if cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes:
+                if out_of_time:
                     stopped = "max_minutes"
                     break
                 lr = lr_at(step, cfg)
@@ -483,19 +569,26 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                 stage.step = step  # for stages that act on a schedule (a discriminator updated every k steps)
                 step_keys: set[str] = set()
                 for _ in range(cfg.grad_accum_steps):
-                    batch = _to_device(stage.get_batch(rng), device)
+                    try:
+                        batch = _to_device(next(batches), device)
+                    except StopIteration:
+                        raise DataError(f"the training data ended at step {step}: a streaming dataset must be "
+                                        "endless (webdataset: .repeat() or resampled shards)") from None
                     with accelerator.autocast():
-                        loss, logs = stage.compute_loss(model, frozen, batch)
-                    if not torch.isfinite(loss.detach()).all():
+                        loss, logs = stage.compute_loss(wrapped, frozen, batch)
+                    finite = bool(torch.isfinite(loss.detach()).all())
+                    if nproc == 1 and not finite:  # several processes: after backward, agreed (below)
                         raise _diverged(run_dir, step + 1, f"the loss is {loss.item()}", lr)
                     accelerator.backward(loss / cfg.grad_accum_steps)
+                    if nproc > 1 and agreed(not finite)[0]:
+                        raise _diverged(run_dir, step + 1, "the loss is non-finite on a process", lr)
                     for k, v in {"loss": loss.item(), **logs}.items():
                         sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum_steps
                         step_keys.add(k)
                 if cfg.grad_clip is not None:
                     # per module when the stage names its optimiser groups (a GAN's G and D), else all together
                     for name in per_module or [None]:
-                        params = (model if name is None else accelerator.unwrap_model(model)[name]).parameters()
+                        params = (model if name is None else model[name]).parameters()
                         grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
                         if not math.isfinite(grad_norm):
                             raise _diverged(run_dir, step + 1, f"the gradient norm is {grad_norm}", lr)
@@ -505,11 +598,12 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                samples_seen += samples_per_step
                 n_sum += 1
                 for k in step_keys:
                     counts[k] = counts.get(k, 0) + 1
                 if ema is not None:
-                    ema.update(accelerator.unwrap_model(model), step)
+                    ema.update(model, step)
                 elapsed = time.monotonic() - t_start
 
                 # 4. bookkeeping
@@ -533,22 +627,26 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                     checkpoint()
                     last_ckpt = step
         bar.close()
+        del batches  # DataLoader workers, if any, stop here
         if step > last_ckpt or find_checkpoint(run_dir) is None:
             checkpoint()
+        run = {"num_processes": nproc, "global_batch_size": samples_per_step, "samples_seen": samples_seen}
         if stopped == "interrupted":
             summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
-                       "run_dir": str(run_dir)}
+                       "run_dir": str(run_dir), **run}
             log.write({"final": False, **summary})
+            accelerator.wait_for_everyone()
             return summary
-        export_model = ema.model if ema is not None else accelerator.unwrap_model(model)
+        export_model = ema.model if ema is not None else model
         metrics = side_task(stage.evaluate) if main else {}
     else:
         log = _JsonLog(run_dir / "log.jsonl", None, main)
-        export_model, metrics = model, stage.evaluate(model, frozen)
+        export_model, metrics = model, stage.evaluate(model, frozen) if main else {}
+        run = {"num_processes": nproc, "global_batch_size": 0, "samples_seen": 0}
 
-    # 5. export the deployable component (EMA weights)
+    # 5. export the deployable component (EMA weights): once, by the main process
     summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
-               "export_dir": str(cfg.export_dir), "run_dir": str(run_dir), **metrics}
+               "export_dir": str(cfg.export_dir), "run_dir": str(run_dir), **run, **metrics}
     if main:
         if not _all_finite(export_model):  # never export non-finite weights
             raise _diverged(run_dir, step, "a weight to export is non-finite", lr_at(max(step - 1, 0), cfg))
@@ -559,7 +657,6 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary
-
 
 
 def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
@@ -575,4 +672,4 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
 
 
 __all__ = ["EMA", "DivergedError", "RunDirBusyError", "Stage", "default_export_dir", "find_checkpoint",
-           "load_checkpoint", "lr_at", "make_grid", "save_checkpoint", "train"]
+           "load_checkpoint", "lr_at", "make_grid", "rng_states", "save_checkpoint", "train"]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from pocketdiff.errors import ConfigError
@@ -69,7 +70,7 @@ def run_stage(
     if "export_dir" not in (overrides or {}):  # never over a shipped model unless the user names it (--export)
         cfg.export_dir = str(default_export_dir(run_dir, cfg.export_dir))
     summary = train(stage, cfg, out_dir=run_dir, resume=resume)
-    if json_path is not None:
+    if json_path is not None and int(os.environ.get("RANK", "0")) == 0:  # `accelerate launch`: written once
         write_text_atomic(json_path, json.dumps(summary, indent=1))
     return summary
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.data.batches import image_stream, open_dataset
 from pocketdiff.resources import default_model_path
 from pocketdiff.text.clip import CLIPImageTower, build_text_encoder, contrastive_loss
 from pocketdiff.text.tokenizer import load_tokenizer, tokenize_prompts
@@ -136,16 +136,20 @@ class CLIPStage(Stage):
     def build(self):
         o = self.opts
         self.tokenizer = load_tokenizer(o.tokenizer_dir)
-        self.dataset = open_dataset(o.data)
+        self.dataset_source = open_dataset(o.data)
         text = build_text_encoder(self.tokenizer, hidden_size=o.hidden_size, num_layers=o.num_layers,
                                   num_heads=o.num_heads, intermediate_size=o.intermediate_size)
         image = CLIPImageTower(image_size=64, block_out_channels=tuple(o.image_channels), hidden_dim=o.image_hidden,
                                text_hidden_size=o.hidden_size, embed_dim=o.embed_dim)
         return {"text_encoder": text, "clip_image": image}
 
-    def get_batch(self, rng):
-        b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
-        return {"pixel_values": b["pixel_values"], "input_ids": tokenize_prompts(self.tokenizer, b["caption"], warn=False)}
+    def dataset(self):
+        return image_stream(self.opts.data, self.dataset_source, self.cfg.seed, self.opts.two_object_fraction)
+
+    def collate(self, examples):
+        batch = super().collate(examples)
+        return {"pixel_values": batch["pixel_values"],
+                "input_ids": tokenize_prompts(self.tokenizer, batch["caption"], warn=False)}
 
     def compute_loss(self, models, frozen, batch):
         tower = models["clip_image"]

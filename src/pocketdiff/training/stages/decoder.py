@@ -38,8 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import image_batch, open_dataset, random_batch
+from pocketdiff.data.batches import image_stream, open_dataset, random_batch
 from pocketdiff.data.shapes import heldout_images, to_uint8
+from pocketdiff.diffusion import encode_latents
 from pocketdiff.errors import DataError, ModelDirError
 from pocketdiff.io import atomic_path
 from pocketdiff.resources import default_model_path
@@ -103,7 +104,7 @@ class DecoderStage(Stage):
         if min(self._step_counts(), default=0) < 1:
             raise DataError(f"options.sampling_steps must be >= 1 (or a list of such), got {o.sampling_steps}")
         teacher = self.build_frozen()["teacher"]
-        self.dataset = open_dataset(o.data, teacher.config.sample_size)
+        self.dataset_source = open_dataset(o.data, teacher.config.sample_size)
         student = self._student(teacher)
         if o.latents == "pipeline":
             banks = [self._cached_pipeline_latents(steps) for steps in self._step_counts()]
@@ -150,8 +151,8 @@ class DecoderStage(Stage):
         return [steps] if isinstance(steps, int) else list(steps)
 
     def _prompts(self, rng: np.random.Generator, n: int) -> list[str]:
-        if self.dataset is not None:
-            return list(random_batch(self.dataset, rng, n)["caption"])
+        if self.dataset_source is not None:
+            return list(random_batch(self.dataset_source, rng, n)["caption"])
         from pocketdiff.data.shapes import caption, sample_scene
 
         return [caption(sample_scene(rng, 2 if rng.random() < self.opts.two_object_fraction else 1), rng)
@@ -214,21 +215,21 @@ class DecoderStage(Stage):
         return torch.cat([teacher.encode(c).latent_dist.mode() for c in x.split(32)]) * teacher.config.scaling_factor
 
     # ------------------------------------------------------------------ training
-    def get_batch(self, rng):
-        if self.opts.latents == "pipeline":
-            return {"latents": self.bank[torch.from_numpy(rng.integers(len(self.bank), size=self.cfg.batch_size))]}
-        b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
+    def dataset(self):
+        from pocketdiff.data.stream import seeded_stream
+
+        if self.opts.latents == "pipeline":  # the bank, in a fresh permutation each epoch
+            return seeded_stream(self.cfg.seed, lambda z, rng: {"latents": z}, self.bank)
         # the posterior sample is drawn from this seed (exact resume without the torch RNG)
-        return {"pixel_values": b["pixel_values"], "noise_seed": int(rng.integers(2**62))}
+        return image_stream(self.opts.data, self.dataset_source, self.cfg.seed, self.opts.two_object_fraction,
+                            lambda ex, rng: {"pixel_values": ex["pixel_values"], "noise_seed": int(rng.integers(2**62))})
 
     def _latents(self, teacher, batch) -> torch.Tensor:
         """Latents in diffusion scale (what the UNet produces; the pipeline divides by scaling_factor to decode)."""
         if "latents" in batch:
             return batch["latents"]
         with torch.no_grad():
-            x = batch["pixel_values"].to(teacher.dtype)
-            gen = torch.Generator().manual_seed(batch["noise_seed"])
-            return teacher.encode(x).latent_dist.sample(generator=gen) * teacher.config.scaling_factor
+            return encode_latents(teacher, batch["pixel_values"], noise_seeds=batch["noise_seed"])
 
     def compute_loss(self, models, frozen, batch):
         teacher = frozen["teacher"]

@@ -36,8 +36,8 @@ from typing import Literal
 
 import torch
 
-from pocketdiff.data.batches import image_batch, image_fields, open_dataset
-from pocketdiff.diffusion import batch_latents
+from pocketdiff.data.batches import count_skipped, image_fields, image_stream, open_dataset
+from pocketdiff.diffusion import batch_latents, seeded_randn
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
 from pocketdiff.resources import default_model_path
@@ -106,7 +106,7 @@ class DistillStage(Stage):
             self.grid = distillation_grid(self.sched_config, o.teacher_steps, o.student_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.dataset = open_dataset(o.data, o.resolution or self._frozen["vae"].config.sample_size)
+        self.dataset_source = open_dataset(o.data, o.resolution or self._frozen["vae"].config.sample_size)
         return self._frozen
 
     def build(self):
@@ -114,28 +114,36 @@ class DistillStage(Stage):
         return {"unet": student.train().requires_grad_(True)}
 
     # ------------------------------------------------------------------ training
-    def get_batch(self, rng):
-        o, n = self.opts, self.cfg.batch_size
-        b = image_batch(o.data, rng, n, o.two_object_fraction, self.dataset)
-        self.data_skipped += int(b.get("skipped", 0))
-        captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
-        j = rng.integers(0, o.student_steps, size=n)  # which student step: (t, t', t'') = grid[j]
-        w = rng.uniform(*o.w_range, size=n)
-        cfg = rng.random(size=n) < o.p if o.mix == "sample" else [rng.random() < o.p] * n
+    def dataset(self):
+        return image_stream(self.opts.data, self.dataset_source, self.cfg.seed, self.opts.two_object_fraction,
+                            self.example)
+
+    def example(self, ex, rng):
+        o = self.opts
+        j = int(rng.integers(0, o.student_steps))  # which student step: (t, t', t'') = grid[j]
+        w = float(rng.uniform(*o.w_range))
+        use_cfg = bool(rng.random() < o.p)  # mix "batch": the micro-batch's first example decides (collate)
+        return {**image_fields(ex), "caption": "" if rng.random() < o.cfg_dropout else ex["caption"],
+                "t": self.grid[j], "w": w, "cfg": use_cfg, "noise_seed": int(rng.integers(2**62))}
+
+    def collate(self, examples):
+        batch = super().collate(examples)
+        cfg = batch["cfg"] if self.opts.mix == "sample" else batch["cfg"][:1].expand(len(examples))
         # the CFG loss with w = 1 is the vanilla loss: per-sample mixing sets w = 1 where the draw says vanilla
-        return {**image_fields(b), "caption": captions, "t": self.grid[torch.from_numpy(j)],
-                "w": torch.tensor([wi if ci else 1.0 for wi, ci in zip(w, cfg)], dtype=torch.float32),
-                "cfg": bool(any(cfg)), "noise_seed": int(rng.integers(2**62))}
+        batch["w"] = torch.where(cfg, batch["w"], torch.ones_like(batch["w"])).float()
+        batch["cfg"] = bool(cfg.any())
+        return batch
 
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
 
+        self.data_skipped += count_skipped(batch)
         vae, te = frozen["vae"], frozen["text_encoder"]
         with torch.no_grad():
             x = batch_latents(vae, batch, self.opts.latent_sample)
             cond = encode_prompts(self.tokenizer, te, batch["caption"])
             uncond = encode_prompts(self.tokenizer, te, [""] * len(x)) if batch["cfg"] else None
-        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(batch["noise_seed"] + 1)).to(x)
+        eps = seeded_randn(batch["noise_seed"] + 1, x.shape[1:]).to(x)
         path = batch["t"].to(x.device)  # (t, t', ..., t''): the teacher's DDIM points over one student step
         t, t_mid, t_end = path[:, 0], path[:, 1:-1], path[:, -1]
         a_t, s_t = alpha_sigma(self.scheduler, t, x.ndim)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import image_batch, image_fields, open_dataset
+from pocketdiff.data.batches import count_skipped, image_fields, image_stream, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
@@ -48,6 +48,7 @@ class StudentStage(Stage):
 
     name = "student"
     data_skipped = 0  # bad examples (corrupt image, no caption, empty shard) dropped so far: in the summary
+    find_unused_parameters = True  # robust training drops blocks: their parameters get no gradient that step
 
     @dataclass
     class Options:
@@ -86,7 +87,7 @@ class StudentStage(Stage):
 
         self.sched_config, self.tokenizer, self._frozen = load_teacher(self.opts.teacher_dir, self.opts.teacher_unet)
         self.scheduler = DDPMScheduler.from_config(self.sched_config)
-        self.dataset = open_dataset(self.opts.data, self.opts.resolution or self._frozen["vae"].config.sample_size)
+        self.dataset_source = open_dataset(self.opts.data, self.opts.resolution or self._frozen["vae"].config.sample_size)
         return self._frozen
 
     def build(self):
@@ -98,13 +99,14 @@ class StudentStage(Stage):
         return {"unet": student.train().requires_grad_(True)}
 
     # ------------------------------------------------------------------ training
-    def get_batch(self, rng):
+    def dataset(self):
+        return image_stream(self.opts.data, self.dataset_source, self.cfg.seed, self.opts.two_object_fraction,
+                            self.example)
+
+    def example(self, ex, rng):
         o = self.opts
-        b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
-        self.data_skipped += int(b.get("skipped", 0))
-        captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
-        t = rng.integers(0, self.scheduler.config.num_train_timesteps, size=len(captions))
-        return {**image_fields(b), "caption": captions, "t": torch.from_numpy(t),
+        return {**image_fields(ex), "caption": "" if rng.random() < o.cfg_dropout else ex["caption"],
+                "t": int(rng.integers(0, self.scheduler.config.num_train_timesteps)),
                 "noise_seed": int(rng.integers(2**62)), "drop_seed": int(rng.integers(2**62))}
 
     def compute_loss(self, models, frozen, batch):
@@ -112,8 +114,9 @@ class StudentStage(Stage):
 
         from pocketdiff.text.clip import encode_prompts
 
-        student = models["unet"]
-        student = getattr(student, "module", student)  # unwrap DDP
+        self.data_skipped += count_skipped(batch)
+        wrapped = models["unet"]  # called (DDP: gradients averaged); its attributes are set on the module inside
+        student = getattr(wrapped, "module", wrapped)
         teacher = frozen["teacher"]
         x0, noise, t, z_t = noised_latents(self.scheduler, frozen["vae"], batch, self.opts.latent_sample)
         with torch.no_grad():
@@ -126,11 +129,13 @@ class StudentStage(Stage):
             teacher.capture = feats_t if o.w_feat else None
             v_teacher = teacher(z_t, t, ctx).sample
             teacher.capture = None
-        student.skipped = sample_dropped(student, np.random.default_rng(batch["drop_seed"]), o.p_drop_tf, o.p_drop_res)
+        # the micro-batch's first example decides which blocks this forward drops
+        student.skipped = sample_dropped(student, np.random.default_rng(int(batch["drop_seed"][0])), o.p_drop_tf,
+                                         o.p_drop_res)
         n_dropped = len(student.skipped)
         student.capture = feats_s if o.w_feat else None
         try:
-            v_student = student(z_t, t, ctx).sample
+            v_student = wrapped(z_t, t, ctx).sample
         finally:
             student.skipped, student.capture = set(), None
 

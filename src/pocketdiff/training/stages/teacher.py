@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.data.batches import image_stream, open_dataset
 from pocketdiff.diffusion import min_snr_weight, noise_schedule, noised_latents, sample_timesteps
 from pocketdiff.models import load_vae, save_unet
 from pocketdiff.resources import default_model_path
@@ -93,7 +93,7 @@ class TeacherStage(Stage):
         spec = self._spec(latent, te.config.hidden_size).replace(in_channels=vae.config.latent_channels,
                                                                  out_channels=vae.config.latent_channels)
         self.scheduler = noise_schedule(self.opts)
-        self.dataset = open_dataset(self.opts.data)
+        self.dataset_source = open_dataset(self.opts.data)
         unet = FlexUNet.from_spec(spec)
         if self.opts.init_unet:
             from pocketdiff.loading import load_component_dir
@@ -102,14 +102,16 @@ class TeacherStage(Stage):
         return {"unet": unet}
 
     # ------------------------------------------------------------------ training
-    def get_batch(self, rng):
-        b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
-        captions = ["" if rng.random() < self.opts.cfg_dropout else c for c in b["caption"]]
-        t = sample_timesteps(rng, len(captions), self.opts.num_train_timesteps, self.opts.timestep_density,
-                             self.opts.logit_mean, self.opts.logit_std)
+    def dataset(self):
+        return image_stream(self.opts.data, self.dataset_source, self.cfg.seed, self.opts.two_object_fraction,
+                            self.example)
+
+    def example(self, ex, rng):
+        o = self.opts
+        t = sample_timesteps(rng, 1, o.num_train_timesteps, o.timestep_density, o.logit_mean, o.logit_std)
         # noise and the VAE posterior sample are drawn from this seed (so resume is exact without a torch RNG)
-        return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
-                "noise_seed": int(rng.integers(2**62))}
+        return {"pixel_values": ex["pixel_values"], "caption": "" if rng.random() < o.cfg_dropout else ex["caption"],
+                "t": int(t[0]), "noise_seed": int(rng.integers(2**62))}
 
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts

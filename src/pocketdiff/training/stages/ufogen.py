@@ -51,8 +51,8 @@ from torch import nn
 from pocketdiff.errors import PocketDiffError
 from pocketdiff.training.config import ConfigError
 from pocketdiff.training.loop import Stage
-from pocketdiff.data.batches import image_batch, open_dataset
-from pocketdiff.diffusion import noised_latents
+from pocketdiff.data.batches import image_stream, open_dataset
+from pocketdiff.diffusion import noised_latents, seeded_randn
 from pocketdiff.models import load_teacher, save_unet
 from pocketdiff.resources import default_model_path
 from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy
@@ -119,6 +119,7 @@ class UFOGenStage(Stage):
     """UFOGen: fine-tune a pretrained UNet into a one-step text-to-image generator (diffusion-GAN)."""
 
     name = "ufogen"
+    find_unused_parameters = True  # the discriminator takes a gradient only every d_every steps
 
     @dataclass
     class Options:
@@ -184,7 +185,7 @@ class UFOGenStage(Stage):
         self._init_unet = frozen.pop("teacher")  # G and D are trainable copies; nothing frozen needs it
         self._frozen = frozen
         self.scheduler = DDPMScheduler.from_config(self.sched_config)
-        self.dataset = open_dataset(self.opts.data)
+        self.dataset_source = open_dataset(self.opts.data)
         self._recent: deque = deque(maxlen=self.opts.collapse_window)
         return self._frozen
 
@@ -198,16 +199,18 @@ class UFOGenStage(Stage):
         return {"generator": {}, "discriminator": {"betas": self.opts.d_betas, "lr_scale": self.opts.d_lr_scale}}
 
     # ------------------------------------------------------------------ training
-    def get_batch(self, rng):
+    def dataset(self):
+        return image_stream(self.opts.data, self.dataset_source, self.cfg.seed, self.opts.two_object_fraction,
+                            self.example)
+
+    def example(self, ex, rng):
         o = self.opts
-        b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
-        captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
         T = self.scheduler.config.num_train_timesteps
-        t = rng.integers(1, T, size=len(captions))
-        if o.t_last_fraction:
-            t[rng.random(len(captions)) < o.t_last_fraction] = T - 1
-        return {"pixel_values": b["pixel_values"], "caption": captions, "t": torch.from_numpy(t),
-                "noise_seed": int(rng.integers(2**62)), "renoise_seed": int(rng.integers(2**62))}
+        t = int(rng.integers(1, T))
+        if o.t_last_fraction and rng.random() < o.t_last_fraction:
+            t = T - 1
+        return {"pixel_values": ex["pixel_values"], "caption": "" if rng.random() < o.cfg_dropout else ex["caption"],
+                "t": t, "noise_seed": int(rng.integers(2**62)), "renoise_seed": int(rng.integers(2**62))}
 
     def _prev_t(self, t: torch.Tensor) -> torch.Tensor:
         T = self.scheduler.config.num_train_timesteps
@@ -233,9 +236,7 @@ class UFOGenStage(Stage):
 
         # real and fake both forward-noised to s = t - T / n_gap (fresh noise for each)
         s = self._prev_t(t)
-        gen = torch.Generator().manual_seed(batch["renoise_seed"])
-        e_real = torch.randn(x0.shape, generator=gen).to(x0)
-        e_fake = torch.randn(x0.shape, generator=gen).to(x0)
+        e_real, e_fake = seeded_randn(batch["renoise_seed"], (2, *x0.shape[1:])).to(x0).unbind(1)
         real = self.scheduler.add_noise(x0, e_real, s)
         fake = self.scheduler.add_noise(x0_fake, e_fake, s)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from pocketdiff.data.batches import image_batch, open_dataset
+from pocketdiff.data.batches import image_batch, image_stream, open_dataset
 from pocketdiff.data.shapes import heldout_images, to_uint8
 from pocketdiff.errors import DataError
 from pocketdiff.evaluation.reconstruction import evaluate_vae
@@ -65,13 +65,14 @@ class VAEStage(Stage):
         if any(c % o.norm_num_groups for c in o.block_out_channels):
             raise DataError(f"options.block_out_channels {o.block_out_channels} must be multiples of "
                             f"norm_num_groups={o.norm_num_groups}")
-        self.dataset = open_dataset(o.data, o.image_size)
+        self.dataset_source = open_dataset(o.data, o.image_size)
         return {"vae": build_vae(o.block_out_channels, o.layers_per_block, o.latent_channels, o.norm_num_groups,
                                  o.mid_block_attention, o.image_size)}
 
-    def get_batch(self, rng):
-        b = image_batch(self.opts.data, rng, self.cfg.batch_size, self.opts.two_object_fraction, self.dataset)
-        return {"pixel_values": b["pixel_values"]}
+    def dataset(self):
+        o = self.opts
+        return image_stream(o.data, self.dataset_source, self.cfg.seed, o.two_object_fraction,
+                            lambda ex, rng: {"pixel_values": ex["pixel_values"]}, size=o.image_size)
 
     def compute_loss(self, models, frozen, batch):
         x = batch["pixel_values"]
@@ -99,7 +100,7 @@ class VAEStage(Stage):
         latents = []
         for start in range(0, self.opts.scaling_samples, 64):
             n = min(64, self.opts.scaling_samples - start)
-            x = image_batch(self.opts.data, rng, n, self.opts.two_object_fraction, self.dataset)["pixel_values"]
+            x = image_batch(self.opts.data, rng, n, self.opts.two_object_fraction, self.dataset_source)["pixel_values"]
             latents.append(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.sample().float())
         return torch.cat(latents).std().item()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import image_batch, image_fields, open_dataset
+from pocketdiff.data.batches import count_skipped, image_fields, image_stream, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.training.loop import Stage
@@ -87,7 +87,7 @@ class VPredStage(Stage):
         self.tokenizer, self._frozen = load_text_and_vae(root)
         vae = self._frozen["vae"]
         self.resolution = self.opts.resolution or vae.config.sample_size
-        self.dataset = open_dataset(self.opts.data, self.resolution)
+        self.dataset_source = open_dataset(self.opts.data, self.resolution)
         return self._frozen
 
     def build(self):
@@ -96,13 +96,14 @@ class VPredStage(Stage):
         self.build_frozen()
         return {"unet": load_flexunet(Path(self.opts.teacher_dir) / "unet").train().requires_grad_(True)}
 
-    def get_batch(self, rng):
+    def dataset(self):
+        return image_stream(self.opts.data, self.dataset_source, self.cfg.seed, self.opts.two_object_fraction,
+                            self.example, size=self.resolution)
+
+    def example(self, ex, rng):
         o = self.opts
-        b = image_batch(o.data, rng, self.cfg.batch_size, o.two_object_fraction, self.dataset)
-        self.data_skipped += int(b.get("skipped", 0))
-        captions = ["" if rng.random() < o.cfg_dropout else c for c in b["caption"]]
-        t = rng.integers(0, self.scheduler.config.num_train_timesteps, size=len(captions))
-        return {**image_fields(b), "caption": captions, "t": torch.from_numpy(t),
+        return {**image_fields(ex), "caption": "" if rng.random() < o.cfg_dropout else ex["caption"],
+                "t": int(rng.integers(0, self.scheduler.config.num_train_timesteps)),
                 "noise_seed": int(rng.integers(2**62))}
 
     def evaluate(self, models, frozen):
@@ -111,6 +112,7 @@ class VPredStage(Stage):
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
 
+        self.data_skipped += count_skipped(batch)
         x0, noise, t, z_t = noised_latents(self.scheduler, frozen["vae"], batch, self.opts.latent_sample)
         with torch.no_grad():
             ctx = encode_prompts(self.tokenizer, frozen["text_encoder"], batch["caption"])
