@@ -111,6 +111,10 @@ class CLIPImageTower(ModelMixin, ConfigMixin):
         """Text encoder states [B, L, D] -> unit-norm embeddings [B, E]."""
         return F.normalize(self.text_proj(pool_text(last_hidden_state)), dim=-1)
 
+    def forward(self, pixel_values: torch.Tensor, last_hidden_state: torch.Tensor):
+        """(image embeddings, text embeddings, logit scale): one call for training, so that DDP sees the step."""
+        return self.encode_image(pixel_values), self.encode_text(last_hidden_state), self.logit_scale
+
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP): cross-entropy of exp(t) * cos(image_i, text_j) against the diagonal, both ways."""

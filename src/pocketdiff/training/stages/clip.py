@@ -152,12 +152,12 @@ class CLIPStage(Stage):
                 "input_ids": tokenize_prompts(self.tokenizer, batch["caption"], warn=False)}
 
     def compute_loss(self, models, frozen, batch):
-        tower = models["clip_image"]
         states = models["text_encoder"](input_ids=batch["input_ids"]).last_hidden_state
-        txt, img = tower.encode_text(states).float(), tower.encode_image(batch["pixel_values"]).float()
-        loss = contrastive_loss(img, txt, tower.logit_scale)
+        img, txt, logit_scale = models["clip_image"](batch["pixel_values"], states)
+        img, txt = img.float(), txt.float()
+        loss = contrastive_loss(img, txt, logit_scale)
         acc = ((img @ txt.t()).argmax(1) == torch.arange(len(img), device=img.device)).float().mean()
-        return loss, {"batch_acc": acc.item(), "temperature": 1.0 / tower.logit_scale.exp().item()}
+        return loss, {"batch_acc": acc.item(), "temperature": 1.0 / logit_scale.exp().item()}
 
     def evaluate(self, models, frozen):
         return evaluate_clip(self.tokenizer, models["text_encoder"], models["clip_image"], n=self.opts.eval_candidates)
