@@ -57,7 +57,7 @@ import yaml
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
-from pocketdiff.errors import DataError, PocketDiffError, WeightsError
+from pocketdiff.errors import ConfigError, DataError, PocketDiffError, WeightsError
 from pocketdiff.io import fsync_dir, recover_dir, write_png_atomic, write_text_atomic
 from pocketdiff.training.config import TrainConfig
 
@@ -152,6 +152,24 @@ class Stage(ABC):
     @abstractmethod
     def export(self, models: nn.ModuleDict, frozen: dict[str, nn.Module], export_dir: Path) -> None:
         """Write the deployable component into export_dir."""
+
+
+def call_method(module: nn.Module, method: str, *args, **kwargs):
+    """`module.<method>(*args)` through the module's DDP wrapper when it has one (under several processes
+    `compute_loss` gets the wrapped modules): DDP averages the gradients of what runs inside its forward only, so a
+    stage that trains through another method (a VAE's `encode` / `decode`) calls it this way."""
+    inner = getattr(module, "module", None)
+    if inner is None:
+        return getattr(module, method)(*args, **kwargs)
+    saved = inner.__dict__.get("forward")  # Accelerate may have patched an instance forward (mixed precision)
+    inner.forward = getattr(inner, method)
+    try:
+        return module(*args, **kwargs)
+    finally:
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -473,6 +491,14 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     torch.set_num_threads(cfg.num_threads or _cpu_count())
     accelerator = _make_accelerator(cfg.mixed_precision, stage.find_unused_parameters)
     device, main, nproc = accelerator.device, accelerator.is_main_process, accelerator.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != nproc:  # e.g. an FSDP launch config on a machine without GPUs: every process would think it is alone
+        raise ConfigError(f"{launched} processes were launched but Accelerate set up {nproc} "
+                          f"({accelerator.distributed_type.value}); on CPUs launch with `--multi_gpu` and "
+                          "ACCELERATE_USE_CPU=true (DDP over gloo); FSDP needs GPUs")
+    if accelerator.distributed_type.value == "FSDP":
+        raise ConfigError("FSDP: the trainer's EMA and checkpoints read the full weights of every module, which FSDP "
+                          "shards; launch with DDP (pocketdiff/configs/accelerate/ddp-8gpu.yaml) instead")
     if main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -552,7 +578,9 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         sums: dict[str, float] = {}  # per log window; each key averaged over the steps that logged it
         counts: dict[str, int] = {}  # (a GAN's discriminator logs only on the steps it trains)
         n_sum, t_last, t_start = 0, time.monotonic(), time.monotonic() - elapsed
-        last_ckpt = step
+        # not find_checkpoint(): that reads the disk, where the main process may still be writing, and every process
+        # must take the same decision (a checkpoint is a collective)
+        last_ckpt, checkpointed = step, ckpt is not None
         with _GracefulStop() as stop:
             while step < cfg.max_steps:
                 interrupted, out_of_time = agreed(
@@ -625,12 +653,13 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                         log.write({"step": step, **metrics})
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint()
-                    last_ckpt = step
+                    last_ckpt, checkpointed = step, True
         bar.close()
         del batches  # DataLoader workers, if any, stop here
-        if step > last_ckpt or find_checkpoint(run_dir) is None:
+        if step > last_ckpt or not checkpointed:
             checkpoint()
-        run = {"num_processes": nproc, "global_batch_size": samples_per_step, "samples_seen": samples_seen}
+        run = {"num_processes": nproc, "distributed": str(accelerator.distributed_type.value),
+               "global_batch_size": samples_per_step, "samples_seen": samples_seen}
         if stopped == "interrupted":
             summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
                        "run_dir": str(run_dir), **run}
@@ -642,7 +671,8 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     else:
         log = _JsonLog(run_dir / "log.jsonl", None, main)
         export_model, metrics = model, stage.evaluate(model, frozen) if main else {}
-        run = {"num_processes": nproc, "global_batch_size": 0, "samples_seen": 0}
+        run = {"num_processes": nproc, "distributed": str(accelerator.distributed_type.value),
+               "global_batch_size": 0, "samples_seen": 0}
 
     # 5. export the deployable component (EMA weights): once, by the main process
     summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
@@ -671,5 +701,5 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
     return out
 
 
-__all__ = ["EMA", "DivergedError", "RunDirBusyError", "Stage", "default_export_dir", "find_checkpoint",
+__all__ = ["EMA", "DivergedError", "RunDirBusyError", "Stage", "call_method", "default_export_dir", "find_checkpoint",
            "load_checkpoint", "lr_at", "make_grid", "rng_states", "save_checkpoint", "train"]

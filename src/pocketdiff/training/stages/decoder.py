@@ -45,7 +45,7 @@ from pocketdiff.errors import DataError, ModelDirError
 from pocketdiff.io import atomic_path
 from pocketdiff.resources import default_model_path
 from pocketdiff.evaluation.reconstruction import psnr
-from pocketdiff.training.loop import Stage, make_grid
+from pocketdiff.training.loop import Stage, call_method, make_grid
 
 BANK_SEED = 30_000  # training latents: prompts and initial noise
 EVAL_SEED = 40_000  # held-out latents: seeds no training latent uses
@@ -236,7 +236,7 @@ class DecoderStage(Stage):
         z = self._latents(teacher, batch) / teacher.config.scaling_factor
         with torch.no_grad():
             target = teacher.decode(z.to(teacher.dtype)).sample.float()
-        pred = models["vae"].decode(z).sample.float()
+        pred = call_method(models["vae"], "decode", z).sample.float()
         mse = F.mse_loss(pred, target)
         logs = {"psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10))}
         if not self.opts.edge_weight:

@@ -31,7 +31,7 @@ from pocketdiff.data.shapes import heldout_images, to_uint8
 from pocketdiff.errors import DataError
 from pocketdiff.evaluation.reconstruction import evaluate_vae
 from pocketdiff.models import build_vae
-from pocketdiff.training.loop import Stage, make_grid
+from pocketdiff.training.loop import Stage, call_method, make_grid
 
 SCALING_SEED = 20_000
 
@@ -76,8 +76,8 @@ class VAEStage(Stage):
 
     def compute_loss(self, models, frozen, batch):
         x = batch["pixel_values"]
-        posterior = models["vae"].encode(x).latent_dist
-        rec = models["vae"].decode(posterior.sample()).sample.float()
+        posterior = call_method(models["vae"], "encode", x).latent_dist
+        rec = call_method(models["vae"], "decode", posterior.sample()).sample.float()
         mse = F.mse_loss(rec, x)
         recon = {"mse": mse, "l1": F.l1_loss(rec, x), "l1+mse": F.l1_loss(rec, x) + mse}[self.opts.recon_loss]
         kl = posterior.kl().float().mean()  # summed over the latent, averaged over the batch
