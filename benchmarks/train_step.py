@@ -25,7 +25,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pocketdiff.io import write_json_atomic

@@ -4,7 +4,6 @@ message, and the CLI trains, logs both losses and D's accuracy, exports and resu
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
