@@ -270,3 +270,36 @@ def test_auto_mixed_precision_is_fp32_on_a_cpu(monkeypatch, tmp_path):
     assert toy_cfg(tmp_path, mixed_precision="auto").mixed_precision == "auto"
     with pytest.raises(ConfigError, match="mixed_precision"):
         toy_cfg(tmp_path, mixed_precision="fp8")
+
+
+class StreamingToy(ToyStage):
+    """ToyStage reading an endless IterableDataset (as a webdataset stream would be)."""
+
+    def dataset(self):
+        from pocketdiff.data.stream import seeded_stream
+
+        class Endless(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                i = 0
+                while True:
+                    yield i
+                    i += 1
+
+        def make(i, rng):
+            x = torch.from_numpy(rng.standard_normal(self.opts.dim)).float() + 0.01 * i
+            return {"x": x, "y": x.sum(0, keepdim=True)}
+
+        return seeded_stream(self.cfg.seed, make, Endless())
+
+
+def test_resume_is_exact_on_a_streaming_dataset(tmp_path):
+    """An IterableDataset is resumed by skipping the consumed batches (`accelerator.skip_first_batches`)."""
+    cfg = toy_cfg(tmp_path, eval_every=0)
+    train(StreamingToy(cfg), cfg, tmp_path / "full")
+    cut = toy_cfg(tmp_path, eval_every=0, options={"interrupt_at_batch": 3})
+    assert train(StreamingToy(cut), cut, tmp_path / "split")["step"] == 3
+    summary = train(StreamingToy(cfg), cfg, tmp_path / "split", resume=True)
+    assert summary["step"] == 8 and summary["samples_seen"] == 8 * 4
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(tmp_path / "full", name), weights(tmp_path / "split", name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
