@@ -21,7 +21,7 @@ steps in one go (tests/training/test_loop.py, and under 2 processes tests/traini
 evaluation run under `torch.random.fork_rng()` with their own numpy generator, so they never shift the training stream.
 
 Several processes (`accelerate launch --num_processes P -m pocketdiff.cli train STAGE ...`): each trainable module is
-prepared by Accelerate (DDP, or FSDP from the launch config), so gradients are averaged and the weights stay identical
+prepared by Accelerate (DDP; FSDP is refused, docs/training.md), so gradients are averaged and the weights stay identical
 on every process; the main process alone holds the run-directory lock, writes checkpoints (our format, atomic: the
 weights are the same everywhere, the per-process RNG states are gathered to it), logs, samples, evaluates and exports
 (once). A stop request (Ctrl-C / SIGTERM on any process, `max_minutes`) is agreed between the processes each step.
