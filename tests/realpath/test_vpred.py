@@ -38,8 +38,6 @@ def test_vpred_exports_a_v_prediction_model_dir(sd15_dir, vpred_dir):
 def test_vpred_loss_is_the_mse_on_v(sd15_dir, caption_folder):
     """The target is v = alpha_t eps - sigma_t x0 on the teacher's schedule: a UNet that outputs exactly that
     (computed here from the alphas, not through diffusers' get_velocity) has loss 0."""
-    import numpy as np
-
     from pocketdiff.training.config import config_from_dict
     from pocketdiff.training.stages.vpred import VPredStage
 
@@ -47,7 +45,7 @@ def test_vpred_loss_is_the_mse_on_v(sd15_dir, caption_folder):
                             "options": {"teacher_dir": str(sd15_dir), "data": str(caption_folder)}}, VPredStage.Options)
     stage = VPredStage(cfg)
     frozen = stage.build_frozen()
-    batch = stage.get_batch(np.random.default_rng(0))
+    batch = stage.batch_at(0)
     from pocketdiff.diffusion import noised_latents
 
     x0, eps, t, z_t = noised_latents(stage.scheduler, frozen["vae"], batch)
