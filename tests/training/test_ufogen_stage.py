@@ -62,7 +62,7 @@ def test_d_warmup_trains_d_alone_every_step_then_g_joins(quick_model_dir):
     for step, warm in [(1, True), (2, True), (3, False)]:
         models.zero_grad(set_to_none=True)
         stage.step = step
-        loss, logs = stage.compute_loss(models, frozen, stage.get_batch(np.random.default_rng(step)))
+        loss, logs = stage.compute_loss(models, frozen, stage.batch_at(step * stage.cfg.batch_size))
         loss.backward()
         g_grads = [p.grad for p in models["generator"].parameters()]
         d_trained = any(p.grad is not None for p in models["discriminator"].parameters())
@@ -78,7 +78,7 @@ def test_hinge_loss_and_every_head_start_at_zero_logits(quick_model_dir, head):
     models = torch.nn.ModuleDict(stage.build())
     frozen = stage.build_frozen()
     stage.step = 0
-    loss, logs = stage.compute_loss(models, frozen, stage.get_batch(np.random.default_rng(0)))
+    loss, logs = stage.compute_loss(models, frozen, stage.batch_at(0))
     # zero logits: L_G = -mean(D(fake)) = 0 and L_D = relu(1 - 0) + relu(1 + 0) = 2
     assert logs["l_adv"] == 0 and logs["l_d"] == pytest.approx(2.0)
     loss.backward()
