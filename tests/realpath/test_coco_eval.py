@@ -46,14 +46,19 @@ def test_coco_eval_sweeps_guidance_and_reuses_reference_stats(sd15_dir, caption_
     common = ["eval", "--model", str(sd15_dir), "--protocol", "coco", "--captions", str(captions),
               "--inception-weights", str(inception), "--clip-model", str(clip), "--steps", "2", "--n", "2",
               "--guidance", "1,4", "--batch-size", "2"]
-    stats = tmp_path / "ref.safetensors"
-    r = run(*common, "--reference-images", str(caption_folder), "--save-reference-stats", str(stats),
+    stats, reference = tmp_path / "ref.safetensors", tmp_path / "reference"
+    reference.mkdir()
+    for f in caption_folder.glob("*.png"):
+        (reference / f.name).write_bytes(f.read_bytes())
+    (reference / "zz_truncated.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    r = run(*common, "--reference-images", str(reference), "--save-reference-stats", str(stats),
             "--json", str(tmp_path / "a.json"), "--save-images", str(tmp_path / "images"))
     assert r.returncode == 0, r.stderr
     assert "N = 2 captions" in r.stdout.replace("\n", " ")
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["n"] == 2 and [x["guidance"] for x in a["results"]] == [1.0, 4.0]
-    assert all(x["n"] == 2 and x["n_reference"] == 8 and x["fid"] > 0 and 0 <= x["clip_score"] <= 100
+    assert all(x["n"] == 2 and x["n_reference"] == 8 and x["reference_unreadable"] == 1 and x["fid"] > 0
+               and 0 <= x["clip_score"] <= 100
                for x in a["results"])
     index = json.loads((tmp_path / "images" / "w4" / "index.json").read_text())
     assert [v["prompt"] for v in index.values()] == ["a red circle", "a blue square"]  # image-id order, first caption

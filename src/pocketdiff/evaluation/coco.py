@@ -124,31 +124,34 @@ def load_clip_model(directory: str | Path):
         raise WeightsError(f"--clip-model {directory}: cannot be loaded ({' '.join(str(e).split())[:300]})") from None
 
 
-def read_images(directory: str | Path, limit: int | None = None) -> list[np.ndarray]:
-    """The RGB images of a directory (sorted by name), uint8 HxWx3; unreadable files are skipped (and counted by the
-    caller through the length)."""
+REFERENCE_SIZE = 299  # the Inception's input: reference images are centre-cropped square and resized to it
+
+
+def reference_batches(directory: str | Path, batch_size: int, counts: dict):
+    """The images of a directory (sorted by name) in batches of [N, 3, 299, 299] uint8: each centre-cropped square
+    and resized (bicubic), read one batch at a time (40K COCO images never sit in memory together). Unreadable files
+    are skipped and counted in `counts["skipped"]`, read ones in `counts["n"]`."""
     from PIL import Image, UnidentifiedImageError
 
-    directory = Path(directory)
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    out = []
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                out.append(np.asarray(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError):
-            continue
-    return out
+    from pocketdiff.data.folder import center_crop
+
+    files = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for i in range(0, len(files), batch_size):
+        batch = []
+        for p in files[i:i + batch_size]:
+            try:
+                with Image.open(p) as im:
+                    batch.append(center_crop(im.convert("RGB"), REFERENCE_SIZE))
+            except (UnidentifiedImageError, OSError):
+                counts["skipped"] += 1
+        counts["n"] += len(batch)
+        if batch:
+            yield _uint8_batch(batch)
 
 
-def _uint8_batch(images: list[np.ndarray] | np.ndarray, size: int | None = None) -> torch.Tensor:
-    """HxWx3 uint8 images (any sizes) -> [N, 3, S, S] uint8, resized (bicubic, PIL) to a common size S if needed."""
-    from PIL import Image
-
-    size = size or images[0].shape[0]
-    out = [im if im.shape[:2] == (size, size) else
-           np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC)) for im in images]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+def _uint8_batch(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """Same-size HxWx3 uint8 images -> [N, 3, H, W] uint8 (the Inception resizes them to 299 itself)."""
+    return torch.from_numpy(np.stack(list(images))).permute(0, 3, 1, 2).contiguous()
 
 
 class CocoMetrics:
@@ -165,14 +168,14 @@ class CocoMetrics:
         self.fid = FrechetInceptionDistance(feature=load_inception(inception), reset_real_features=False)
         self.clip = CLIPScorer(clip_model)
         self.clip_scores: list[float] = []
+        self.reference_skipped = 0
         if reference.is_dir():
-            images = read_images(reference)
-            if len(images) < 2:
-                raise DataError(f"--reference-images {reference}: {len(images)} readable image(s); FID needs >= 2")
-            size = images[0].shape[0]
-            for i in range(0, len(images), batch_size):
-                self.fid.update(_uint8_batch(images[i:i + batch_size], size), real=True)
-            self.n_reference = len(images)
+            counts = {"n": 0, "skipped": 0}
+            for batch in reference_batches(reference, batch_size, counts):
+                self.fid.update(batch, real=True)
+            if counts["n"] < 2:
+                raise DataError(f"--reference-images {reference}: {counts['n']} readable image(s); FID needs >= 2")
+            self.n_reference, self.reference_skipped = counts["n"], counts["skipped"]
         else:
             self._load_stats(reference)
 
@@ -215,7 +218,7 @@ class CocoMetrics:
         if n < 2:
             raise DataError(f"FID needs >= 2 generated images, got {n}: use a larger --n")
         return {"fid": float(self.fid.compute()), "clip_score": float(np.mean(self.clip_scores)), "n": n,
-                "n_reference": self.n_reference}
+                "n_reference": self.n_reference, "reference_unreadable": self.reference_skipped}
 
     def reset_generated(self) -> None:
         self.fid.reset()  # reset_real_features=False: the reference stays
