@@ -188,8 +188,8 @@ CASES = [
          ["{t}/vae"]),
     Case("resume-model-truncated", RESUME, r"model\.safetensors is truncated",
          _truncate("{run}/checkpoint/model.safetensors"), ["{t}/vae"]),
-    Case("resume-optimizer-corrupt", RESUME, r"optimizer\.pt: cannot be read",
-         _truncate("{run}/checkpoint/optimizer.pt", 0.3), ["{t}/vae"]),
+    Case("resume-optimizer-corrupt", RESUME, r"optimizer\.safetensors is truncated",
+         _truncate("{run}/checkpoint/optimizer.safetensors", 0.3), ["{t}/vae"]),
     # --- prune / distill
     Case("prune-ratio", ["prune", "decoder", "--vae", "{m}", "--ratio", "1.5", "--out", "{t}/p"], r"--ratio must be in "
          r"\(0, 1\)", outputs=["{t}/p"]),

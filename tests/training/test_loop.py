@@ -122,7 +122,7 @@ def test_checkpoint_is_atomic_and_crash_safe(tmp_path):
     run = tmp_path / "run"
     assert not (run / "ckpt.tmp").exists() and not (run / "checkpoint.old").exists()
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
-        "ema.safetensors", "model.safetensors", "optimizer.pt", "rng.safetensors", "state.json"]
+        "ema.safetensors", "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "state.json"]
     # a crash between the two renames leaves checkpoint.old only; a half-written ckpt.tmp is ignored
     (run / "checkpoint").rename(run / "checkpoint.old")
     (run / "ckpt.tmp").mkdir()

@@ -105,7 +105,7 @@ def test_two_processes_x_b_equal_one_process_x_2b(runs, tmp_path):
 
 
 def test_sigkill_and_resume_under_two_processes_is_exact(runs):
-    for f in ("model.safetensors", "ema.safetensors", "optimizer.pt"):
+    for f in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
         if f.endswith(".safetensors"):
             a, b = _weights(runs / "split" / "checkpoint" / f), _weights(runs / "full" / "checkpoint" / f)
             assert all(torch.equal(a[k], b[k]) for k in a), f

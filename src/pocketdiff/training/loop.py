@@ -224,6 +224,35 @@ def rng_states(accelerator=None) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_optimizer_state(sd: dict, ckpt: Path) -> None:
+    """An optimizer's `state_dict()` without pickle: its tensors in optimizer.safetensors (keyed
+    `state.{param}.{name}`), everything else (param groups, non-tensor state) in optimizer.json."""
+    tensors, plain = {}, {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                plain[f"{idx}.{name}"] = value
+    save_file(tensors, str(ckpt / "optimizer.safetensors"))
+    (ckpt / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "state": plain}))
+
+
+def load_optimizer_state(ckpt: Path) -> dict:
+    """Inverse of `save_optimizer_state`."""
+    from pocketdiff.loading import load_safetensors, read_json
+
+    meta = read_json(ckpt / "optimizer.json", error=WeightsError)
+    state: dict[int, dict] = {}
+    for key, value in load_safetensors(ckpt / "optimizer.safetensors").items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["state"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
 def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer, state: dict,
                     rng: dict[str, torch.Tensor] | None = None) -> Path:
     """Write to ckpt.tmp/, then swap it in with renames: a crash leaves either the old or the new checkpoint.
@@ -234,7 +263,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer,
     save_model(model, str(tmp / "model.safetensors"))
     if ema is not None:
         save_model(ema.model, str(tmp / "ema.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_optimizer_state(optimizer.state_dict(), tmp)
     save_file({k: v.contiguous() for k, v in (rng if rng is not None else rng_states()).items()},
               str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
@@ -251,15 +280,15 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer,
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer, process_index: int = 0) -> dict:
-    """Restore weights (safetensors), optimizer (torch.load weights_only=True: plain tensors and containers only,
-    no arbitrary unpickling) and this process's RNG; return state.json. A missing, truncated or corrupt file is named."""
+    """Restore weights and optimizer state (safetensors + JSON, nothing unpickled) and this process's RNG; return
+    state.json. A missing, truncated or corrupt file is named."""
     from pocketdiff.loading import check_safetensors, load_safetensors, read_json
 
     fix = "use a new --out or drop --resume"
     state = read_json(ckpt / "state.json", error=WeightsError)
     if not isinstance(state, dict) or not {"step", "elapsed_s", "samples_seen"} <= set(state):
         raise WeightsError(f"{ckpt / 'state.json'}: not a checkpoint state (corrupt?); {fix}")
-    names = ["model.safetensors", "rng.safetensors"] + (["ema.safetensors"] if (ckpt / "ema.safetensors").is_file() else [])
+    names = ["model.safetensors", "rng.safetensors", "optimizer.safetensors"] + (["ema.safetensors"] if (ckpt / "ema.safetensors").is_file() else [])
     for name in names:
         check_safetensors(ckpt / name)
     try:
@@ -272,9 +301,11 @@ def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer, pr
     except (RuntimeError, ValueError, KeyError) as e:
         raise WeightsError(f"{ckpt}: checkpoint does not fit this config ({e}); {fix}") from None
     try:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    except Exception as e:  # noqa: BLE001 - a truncated/corrupt pickle raises many types
-        raise WeightsError(f"{ckpt / 'optimizer.pt'}: cannot be read or does not fit this config "
+        optimizer.load_state_dict(load_optimizer_state(ckpt))
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a state from another config raises many types
+        raise WeightsError(f"{ckpt / 'optimizer.safetensors'}: does not fit this config "
                            f"({' '.join(str(e).split())[:200]}); {fix}") from None
     rng = load_safetensors(ckpt / "rng.safetensors")
     if "torch_cpu" not in rng or rng["torch_cpu"].dtype != torch.uint8:
