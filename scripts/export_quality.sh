@@ -5,7 +5,7 @@
 # Results: docs/results/export/quality.json (scripts/compare_evals.py) and the per-seed eval files in RUN_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-/work/runs/export/quality}; shift || true
+RUN=${1:-runs/export/quality}; shift || true
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(onnx:int8 openvino:int8-hybrid openvino:int8 executorch:int8
                                         onnx:int8-weights onnx:fp16 openvino:int8-weights onnx:none)
