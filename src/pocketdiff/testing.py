@@ -213,5 +213,16 @@ def make_inception_standin(path: str | Path, seed: int = 0) -> Path:
     return Path(path)
 
 
+def toy_regression_stream(seed: int, dim: int):
+    """The trainer tests' toy task: x ~ N(0, I_dim), y = sum(x), one example per global sample index."""
+    from pocketdiff.data.stream import seeded_stream
+
+    def make(_, rng):
+        x = torch.from_numpy(rng.standard_normal(dim)).float()
+        return {"x": x, "y": x.sum(0, keepdim=True)}
+
+    return seeded_stream(seed, make)
+
+
 __all__ = ["bpe_vocab", "make_caption_folder", "make_clip_dir", "make_inception_standin", "make_sd15_dir",
-           "write_clip_tokenizer"]
+           "toy_regression_stream", "write_clip_tokenizer"]

@@ -50,13 +50,9 @@ class Toy(loop.Stage):
         return {"net": nn.Sequential(nn.Linear(self.opts.dim, 16), nn.Tanh(), nn.Linear(16, 1))}
 
     def dataset(self):
-        from pocketdiff.data.stream import seeded_stream
+        from pocketdiff.testing import toy_regression_stream
 
-        def make(_, rng):
-            x = torch.from_numpy(rng.standard_normal(self.opts.dim)).float()
-            return {"x": x, "y": x.sum(0, keepdim=True)}
-
-        return seeded_stream(self.cfg.seed, make)
+        return toy_regression_stream(self.cfg.seed, self.opts.dim)
 
     def compute_loss(self, models, frozen, batch):
         maybe_kill("batch")
