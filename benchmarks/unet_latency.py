@@ -2,7 +2,7 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/unet_latency.py --unet teacher=models/shapes/unet \
         --unet md=runs/md/unet --unet relu=runs/relu/unet [--dtypes fp32,bf16] [--batch 1] [--runs 30] \
-        [--threads 1] [--json docs/results/one_step/latency.json]
+        [--threads 1] [--json docs/results/one-step/latency_relu_vs_softmax_b2.json]
 
 Each round runs every (model, dtype) once on the same random inputs (the shapes world's 16-token context, t = 999),
 so all share the machine's noise; medians over --runs rounds after --warmup, and the per-round median ratio to the

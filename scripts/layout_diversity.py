@@ -1,7 +1,7 @@
 """Mode-collapse check for few-step generators: distinct layouts per prompt over seeds (shapes world).
 
     python scripts/layout_diversity.py --model models/shapes [--unet DIR] --scheduler ufogen --steps 1 --guidance 1 \
-        --prompts heldout-single --n-prompts 24 --seeds 8 --json docs/results/one_step/diversity_ufogen.json \
+        --prompts heldout-single --n-prompts 24 --seeds 8 --json docs/results/one-step/ufogen1_diversity.json \
         [--grid PNG]
 
 For each of the first --n-prompts prompts of the set, --seeds images (seeds 0 .. seeds-1) are generated and read by

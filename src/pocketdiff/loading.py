@@ -154,6 +154,37 @@ def _keys_summary(kind: str, keys) -> str:
     return f"{len(keys)} {kind} key{'s' if len(keys) != 1 else ''}, e.g. {', '.join(keys[:3])}"
 
 
+def check_component_dir(directory: str | Path, label: str | None = None, expect: str | tuple[str, ...] | None = None
+                        ) -> dict:
+    """The checks every saved component passes before `from_pretrained` sees it: the directory exists, its
+    config.json is a JSON object (naming one of `expect`, when given), and it holds complete safetensors weights
+    (never pickle). Returns the config."""
+    directory = Path(directory)
+    label = label or f"{directory.name}/"
+    if not directory.is_dir():
+        raise ModelDirError(f"{directory}: no such directory (the model's {label} component)")
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        raise ModelDirError(f"{directory}: no config.json, not a saved model component")
+    cfg = read_json(cfg_file, error=ModelDirError)
+    if not isinstance(cfg, dict):
+        raise ModelDirError(f"{cfg_file}: expected a JSON object")
+    if expect is not None:
+        names = (expect,) if isinstance(expect, str) else expect
+        name = cfg.get("_class_name") or (cfg.get("architectures") or [None])[0]
+        if name not in names:
+            raise ModelDirError(f"{directory} holds a {name or 'config without _class_name'}, not a "
+                                f"{' or '.join(names)}")
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in directory.glob("*.bin"))
+        raise WeightsError(f"{directory}: no .safetensors weights" + (
+            f" (only {pickled}: pickle files are never loaded; convert them with safetensors)" if pickled else ""))
+    for w in weights:
+        check_safetensors(w)
+    return cfg
+
+
 def load_component(root: str | Path, subfolder: str | None = None, expect: str | tuple[str, ...] | None = None,
                    classes: tuple = ()):
     """The component in `root/subfolder` (or `root` itself), through `Class.from_pretrained(root, subfolder=...)`,
@@ -166,26 +197,8 @@ def load_component(root: str | Path, subfolder: str | None = None, expect: str |
     directory = root / subfolder if subfolder else root
     label = f"{subfolder}/" if subfolder else f"{directory.name}/"
     recover_dir(directory)
-    if not directory.is_dir():
-        raise ModelDirError(f"{directory}: no such directory (the model's {label} component)")
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise ModelDirError(f"{directory}: no config.json, not a saved model component")
-    cfg = read_json(cfg_file, error=ModelDirError)
-    if not isinstance(cfg, dict):
-        raise ModelDirError(f"{cfg_file}: expected a JSON object")
+    cfg = check_component_dir(directory, label, expect)
     cls = _component_class(cfg, directory, classes)
-    if expect is not None:
-        names = (expect,) if isinstance(expect, str) else expect
-        if cls.__name__ not in names:
-            raise ModelDirError(f"{directory} holds a {cls.__name__}, not a {' or '.join(names)}")
-    weights = sorted(directory.glob("*.safetensors"))
-    if not weights:
-        pickled = sorted(p.name for p in directory.glob("*.bin"))
-        raise WeightsError(f"{directory}: no .safetensors weights" + (
-            f" (only {pickled}: pickle files are never loaded; convert them with safetensors)" if pickled else ""))
-    for w in weights:
-        check_safetensors(w)
     kwargs = {"subfolder": subfolder} if subfolder else {}
     path = root if subfolder else directory
     try:

@@ -131,7 +131,7 @@ def test_bad_vae_dirs(tmp_path):
         load_vae_dir(tmp_path / "empty")
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
-    with pytest.raises(ModelDirError, match="not an AutoencoderKL"):
+    with pytest.raises(ModelDirError, match="holds a UNet2DConditionModel, not a AutoencoderKL"):
         load_vae_dir(tmp_path / "unet")
     # a VAE directory whose weights hold no decoder
     from safetensors.torch import save_file

@@ -9,7 +9,8 @@ import torch
 
 from ..errors import SpecError
 from .spec import ArchSpec, ResSpec, TfSpec
-from .unet import BlockKey, FlexUNet, check_model_dir, load_state_dict_strict
+from ..loading import check_component_dir
+from .unet import BlockKey, FlexUNet, load_state_dict_strict
 
 # ---------------------------------------------------------------------------- diffusers -> ArchSpec
 
@@ -106,7 +107,7 @@ def flexunet_from_diffusers(unet_or_path) -> FlexUNet:
         path = Path(unet_or_path)
         if (path / "unet").is_dir():
             path = path / "unet"
-        check_model_dir(path, "UNet2DConditionModel")
+        check_component_dir(path, expect="UNet2DConditionModel")
         unet = UNet2DConditionModel.from_pretrained(path)
     else:
         unet = unet_or_path

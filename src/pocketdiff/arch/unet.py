@@ -5,7 +5,6 @@ It drops into a diffusers `StableDiffusionPipeline` as `pipe.unet`, and its `con
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -17,7 +16,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..errors import ModelDirError, SpecError, WeightsError
+from ..errors import SpecError, WeightsError
+from ..loading import check_component_dir
 from .blocks import Downsample, ResBlock, TransformerBlock, Upsample
 from .spec import ArchSpec, ResSpec
 
@@ -204,7 +204,7 @@ class FlexUNet(ModelMixin, ConfigMixin):
         path = Path(pretrained_model_name_or_path)
         if kwargs.get("subfolder"):
             path = path / kwargs["subfolder"]
-        check_model_dir(path, "FlexUNet")
+        check_component_dir(path, expect="FlexUNet")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except (ValueError, RuntimeError) as e:
@@ -212,34 +212,6 @@ class FlexUNet(ModelMixin, ConfigMixin):
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         load_state_dict_strict(self, state_dict)
-
-
-def check_model_dir(path: Path, class_name: str) -> dict:
-    """Raise `ModelDirError` unless `path` holds a config for `class_name` and readable safetensors weights."""
-    if not path.is_dir():
-        raise ModelDirError(f"{path} is not a directory (expected a saved {class_name})")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ModelDirError(f"{path} has no config.json: not a saved {class_name}")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelDirError(f"{cfg_file} is not valid JSON: {e}") from e
-    if cfg.get("_class_name") != class_name:
-        raise ModelDirError(f"{path} holds a {cfg.get('_class_name', 'unknown model')}, not a {class_name}")
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise ModelDirError(f"{path} has no .safetensors weights")
-    for w in weights:
-        check_safetensors(w)
-    return cfg
-
-
-def check_safetensors(file: Path) -> None:
-    """Raise `WeightsError` unless `file` is a complete safetensors file (pocketdiff.loading's check)."""
-    from ..loading import check_safetensors as check
-
-    check(file)
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

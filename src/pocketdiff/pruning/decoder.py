@@ -173,38 +173,22 @@ def vae_class(path: str | Path) -> type[AutoencoderKL]:
 def load_vae_dir(path: str | Path) -> AutoencoderKL:
     """A VAE directory (or a model directory with vae/) -> AutoencoderKL or SlimAutoencoderKL, checked first:
     errors (ModelDirError, exit 2 from the CLI) say what is missing instead of diffusers' tracebacks."""
+    from pocketdiff.loading import check_component_dir, load_component
+
     path = Path(path)
     if (path / "vae" / "config.json").is_file():
         path = path / "vae"
-    if not path.is_dir():
-        raise ModelDirError(f"{path}: no such directory (a VAE directory: config.json + weights, or a model "
-                            "directory with vae/)")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ModelDirError(f"{path}: no config.json: not a VAE directory (train one with `pocketdiff train vae`)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except ValueError as e:
-        raise ModelDirError(f"{cfg_file}: not valid JSON ({e})") from None
-    name = cfg.get("_class_name") if isinstance(cfg, dict) else None
-    if name not in ("AutoencoderKL", SlimAutoencoderKL.__name__):
-        raise ModelDirError(f"{path}: config.json describes a {name!r}, not an AutoencoderKL (a VAE directory)")
-    weights = path / "diffusion_pytorch_model.safetensors"
-    if weights.is_file():
-        from safetensors import safe_open
+    kinds = ("AutoencoderKL", SlimAutoencoderKL.__name__)
+    check_component_dir(path, "vae/", kinds)
+    from safetensors import safe_open
 
-        try:
-            with safe_open(str(weights), "pt") as f:
-                keys = list(f.keys())
-        except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
-            raise ModelDirError(f"{weights}: not a valid safetensors file ({e})") from None
-        if not any(k.startswith("decoder.") for k in keys):
-            raise ModelDirError(f"{weights}: no decoder weights (no 'decoder.*' tensors): nothing to prune or decode")
-    elif not any(path.glob("diffusion_pytorch_model*")):
-        raise ModelDirError(f"{path}: no weights (diffusion_pytorch_model.safetensors)")
-    from pocketdiff.loading import load_component
-
-    return load_component(path.parent, path.name, ("AutoencoderKL", "SlimAutoencoderKL"), (SlimAutoencoderKL,))
+    keys = set()
+    for weights in path.glob("*.safetensors"):
+        with safe_open(str(weights), "pt") as f:
+            keys.update(f.keys())
+    if not any(k.startswith("decoder.") for k in keys):
+        raise ModelDirError(f"{path}: no decoder weights (no 'decoder.*' tensors): nothing to prune or decode")
+    return load_component(path.parent, path.name, kinds, (SlimAutoencoderKL,))
 
 
 def sd15_vae(seed: int = 0) -> AutoencoderKL:
