@@ -84,7 +84,7 @@ def load_text_and_vae(model_dir: str | Path):
     return load_tokenizer_dir(root, "tokenizer"), frozen
 
 
-def init_student(teacher, arch: str | None, depth: float = 1.0):
+def init_student(teacher, arch: str | None, depth: float = 1.0, partial: bool = True):
     """The student UNet: a copy of the teacher (`arch` None), a saved UNet directory, or a preset / spec file
     initialised from the teacher's blocks (`init_from_teacher`, its report printed)."""
     from pocketdiff.arch import init_from_teacher
@@ -93,7 +93,7 @@ def init_student(teacher, arch: str | None, depth: float = 1.0):
         return copy.deepcopy(teacher)
     if Path(arch).is_dir():
         return load_flexunet(arch)
-    student, report = init_from_teacher(teacher, student_spec(arch, teacher.spec, depth))
+    student, report = init_from_teacher(teacher, student_spec(arch, teacher.spec, depth), partial=partial)
     print(f"student from teacher: {report.summary()}")
     return student
 
@@ -112,12 +112,15 @@ def student_spec(name: str, teacher_spec, depth: float = 1.0):
     head_dim = next((b.head_dim for *_, b in teacher_spec.all_blocks() if b.kind == "tf" and b.head_dim), None)
     fix = (lambda b: replace(b, heads=None, head_dim=head_dim) if isinstance(b, TfSpec) else b) if head_dim else (lambda b: b)
     channels, groups = spec.channels, spec.norm_groups
-    if head_dim and any(c % head_dim for c in channels):
-        # the width rule can give a count the teacher's head width does not divide (MobileDiffusion's 1024 at width
-        # 0.1: 104, head width 16): round to the nearest multiple of the head width, ties up (104 -> 112); GroupNorm
-        # groups as get_spec picks them (the largest count <= 32 dividing every width)
-        channels = tuple(max(head_dim, int(math.floor(c / head_dim + 0.5)) * head_dim) for c in channels)
-        groups = max(d for d in range(1, 33) if math.gcd(*channels) % d == 0)
+    step = math.lcm(head_dim or 1, teacher_spec.norm_groups)
+    if any(c % step for c in channels) and not Path(name).is_file():
+        # the width rule can give a count that the teacher's head width or GroupNorm groups do not divide
+        # (MobileDiffusion's 1024 at width 0.1: 102.4): round the unrounded width to the nearest multiple of both
+        # (16 and 32: 102.4 -> 96, ties up) and keep the teacher's groups, so that blocks copied from the teacher
+        # normalise as they did there (16 groups, from 112 channels, changed every copied block's GroupNorm)
+        width = teacher_spec.channels[0] / get_spec(name).channels[0]
+        channels = tuple(max(step, int(math.floor(c * width / step + 0.5)) * step) for c in get_spec(name).channels)
+        groups = teacher_spec.norm_groups
     return spec.replace(
         channels=channels, norm_groups=groups,
         sample_size=teacher_spec.sample_size, cross_attention_dim=teacher_spec.cross_attention_dim,

@@ -123,13 +123,74 @@ def flexunet_from_diffusers(unet_or_path) -> FlexUNet:
 class InitReport:
     copied: list[tuple[BlockKey, BlockKey]] = field(default_factory=list)  # (student block, teacher block)
     duplicated: list[tuple[BlockKey, BlockKey]] = field(default_factory=list)  # a teacher block copied a second time
-    new: list[BlockKey] = field(default_factory=list)  # no teacher block fits: fresh initialisation
+    partial: list[tuple[BlockKey, BlockKey]] = field(default_factory=list)  # shapes differ: tensors sliced (below)
+    new: list[BlockKey] = field(default_factory=list)  # no teacher block of its kind: fresh initialisation
     dropped: list[BlockKey] = field(default_factory=list)  # teacher blocks the student does not keep
     other: list[str] = field(default_factory=list)  # non-block modules (stem, time MLP, samplers, head)
 
     def summary(self) -> str:
-        return (f"{len(self.copied)} blocks copied, {len(self.duplicated)} duplicated, {len(self.new)} new, "
-                f"{len(self.dropped)} teacher blocks dropped; {len(self.other)} other modules copied")
+        return (f"{len(self.copied)} blocks copied, {len(self.duplicated)} duplicated, {len(self.partial)} partly "
+                f"copied (sliced), {len(self.new)} new, {len(self.dropped)} teacher blocks dropped; "
+                f"{len(self.other)} other tensors copied")
+
+
+# GELU(z) ~ z sigmoid(1.702 z), so SiLU(1.702 z) ~ 1.702 GELU(z): a GEGLU gate becomes a Swish-GLU gate by scaling the
+# gate's projection by 1.702 and the value's by 1 / 1.702.
+_GELU_TO_SILU = 1.702
+
+
+def _slice_into(dst: torch.Tensor, src: torch.Tensor, concat: tuple | None = None) -> bool:
+    """Copy the leading corner of `src` into `dst` (the first channels of every dim) when ranks agree; the rest of a
+    matrix is zero. `concat` = ((s_in, s_first), (t_in, t_first)): a dim of size s_in in dst and t_in in src holds two
+    concatenated parts (an up-path ResNet's [h, skip] input); each part is cut to its own leading channels."""
+    if dst.ndim != src.ndim:
+        return False
+    index_d, index_s = [], []
+    for a, b in zip(dst.shape, src.shape):
+        if concat and a != b and (a, b) == (concat[0][0], concat[1][0]):
+            (_, sf), (_, tf) = concat
+            n1, n2 = min(sf, tf), min(a - sf, b - tf)
+            index_d.append(torch.cat([torch.arange(n1), sf + torch.arange(n2)]))
+            index_s.append(torch.cat([torch.arange(n1), tf + torch.arange(n2)]))
+        else:
+            index_d.append(torch.arange(min(a, b)))
+            index_s.append(torch.arange(min(a, b)))
+    if dst.ndim > 1:
+        dst.zero_()
+    dst[torch.meshgrid(*index_d, indexing="ij")] = src[torch.meshgrid(*index_s, indexing="ij")]
+    return True
+
+
+def _partial_copy(dst: torch.nn.Module, src: torch.nn.Module, concat: tuple | None = None) -> int:
+    """Initialise `dst` from a teacher block of the same kind whose shapes differ (channel width, FFN width, shared
+    K/V, Swish-GLU, separable convs): each tensor takes the teacher tensor of the same name, cut to its leading
+    channels (as width pruning keeps the first channels; weights outside the teacher's shape are zero, so a wider
+    block starts as the narrower one). Shared K/V take the teacher's V projection; a Swish-GLU FFN takes the GEGLU's
+    value and gate halves separately, rescaled so that SiLU approximates GELU. Tensors with no counterpart (a
+    separable conv's two parts) keep their fresh initialisation. Returns the number of tensors set."""
+    s_sd = src.state_dict()
+    ff_act = {n: m.act for n, m in dst.named_modules() if type(m).__name__ == "GatedProj"}
+    src_act = {n: m.act for n, m in src.named_modules() if type(m).__name__ == "GatedProj"}
+    n_set = 0
+    for name, t in dst.state_dict().items():
+        key = name.replace(".to_kv.", ".to_v.")
+        if key not in s_sd:
+            continue
+        src_t = s_sd[key]
+        mod = name.rsplit(".", 2)[0]  # "....ff.net.0" of "....ff.net.0.proj.weight"
+        if mod in ff_act and mod in src_act:  # GatedProj.proj: [value; gate] stacked on dim 0
+            halves = []
+            for d, s_half in zip(t.chunk(2, 0), src_t.chunk(2, 0)):
+                h = d.clone()
+                _slice_into(h, s_half)
+                halves.append(h)
+            if ff_act[mod] is not src_act[mod]:
+                halves = [halves[0] / _GELU_TO_SILU, halves[1] * _GELU_TO_SILU]
+            t.copy_(torch.cat(halves, 0))
+            n_set += 1
+        elif _slice_into(t, src_t, concat):
+            n_set += 1
+    return n_set
 
 
 def _block_fits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -137,13 +198,34 @@ def _block_fits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
 
 
-def init_from_teacher(teacher: FlexUNet, spec: ArchSpec) -> tuple[FlexUNet, InitReport]:
+def _skip_concat(s_spec: ArchSpec, s_key: BlockKey, t_spec: ArchSpec, t_key: BlockKey) -> tuple | None:
+    """((s_in, s_h), (t_in, t_h)) for two up-path ResNets whose input is [h, skip]: the total input width and the
+    width of h (the level's own width, or the deeper level's for the level's first block); None elsewhere."""
+    def split(spec, key):
+        path, lvl, i = key
+        if path != "up" or spec.up[lvl][i].kind != "res":
+            return None
+        h = spec.channels[lvl + 1] if i == 0 and lvl < spec.num_levels - 1 else spec.channels[lvl]
+        pending = list(spec.skip_channels()[lvl])
+        for b in spec.up[lvl][:i]:
+            if b.kind == "res" and pending:
+                pending.pop()
+        return (h + pending[-1], h) if pending else None
+    s, t = split(s_spec, s_key), split(t_spec, t_key)
+    return (s, t) if s and t else None
+
+
+def init_from_teacher(teacher: FlexUNet, spec: ArchSpec, partial: bool = True) -> tuple[FlexUNet, InitReport]:
     """BK-SDM-style initialisation: each student block takes the weights of its teacher counterpart.
 
     Alignment, per (path, level): student blocks are matched in order to the teacher's blocks of the same kind and
     shape (a subsequence match, so removing blocks keeps the survivors' weights). A student block beyond the teacher's
     (an added copy, as SnapFusion's Up-2 with 6 transformers) copies the last matched teacher block of its kind;
-    with nothing to copy it keeps its fresh initialisation. Stem, time MLP, samplers and head copy where shapes fit.
+    A block that fits no teacher block (another width, MobileDiffusion's shared K/V or Swish-GLU FFN, separable
+    convs) is initialised from the teacher block of its kind in the same position (k-th of its kind in the level, or
+    the level's last) by `_partial_copy` (sliced tensors); with no teacher block of its kind in the level it keeps its
+    fresh initialisation (`partial=False`: every such block starts fresh). Stem, time MLP, samplers and head copy
+    where shapes fit, else (with `partial`) their leading slice.
     """
     student = FlexUNet.from_spec(spec)
     rep = InitReport()
@@ -176,15 +258,32 @@ def init_from_teacher(teacher: FlexUNet, spec: ArchSpec) -> tuple[FlexUNet, Init
                     s_mod.load_state_dict(teacher.block(last_of_kind[kind]).state_dict())
                     rep.duplicated.append((s_key, last_of_kind[kind]))
                 else:
-                    rep.new.append(s_key)
+                    t_lvl = t_spec.num_levels - 1 if path == "mid" else lvl  # the mid block sits at the deepest level
+                    same_kind = [(path, t_lvl, j) for j in groups.get((path, t_lvl), [])
+                                 if type(teacher.block((path, t_lvl, j))).__name__ == kind]
+                    ordinal = sum(1 for k in s_idx[:s_idx.index(i)]
+                                  if type(student.block((path, lvl, k))).__name__ == kind)
+                    t_key = same_kind[min(ordinal, len(same_kind) - 1)] if same_kind else None
+                    if partial and t_key and _partial_copy(s_mod, teacher.block(t_key),
+                                                           _skip_concat(spec, s_key, t_spec, t_key)):
+                        if any(t == t_key for _, t in rep.partial) and hasattr(s_mod, "proj_out"):
+                            # a teacher transformer taken again (MobileDiffusion's bottleneck: 11 from the teacher's
+                            # one mid transformer) starts as identity: 11 stacked copies of one residual would
+                            # multiply its update
+                            s_mod.proj_out.weight.zero_()
+                            s_mod.proj_out.bias.zero_()
+                        rep.partial.append((s_key, t_key))
+                    else:
+                        rep.new.append(s_key)
         rep.dropped = [(p, l, i) for p, l, i, _ in t_spec.all_blocks() if (p, l, i) not in used]
         t_sd = teacher.state_dict()
         block_prefixes = tuple(f"{p}_levels.{l}.blocks." for p in ("down", "up") for l in range(16)) + ("mid_blocks.",)
         for name, param in student.state_dict().items():
             if name.startswith(block_prefixes):
                 continue
-            if name in t_sd and t_sd[name].shape == param.shape:
-                param.copy_(t_sd[name])
+            if name in t_sd and (t_sd[name].shape == param.shape or (partial and _slice_into(param, t_sd[name]))):
+                if t_sd[name].shape == param.shape:
+                    param.copy_(t_sd[name])
                 rep.other.append(name)
     return student, rep
 

@@ -56,6 +56,7 @@ class StudentStage(Stage):
         teacher_unet: str | None = None  # another teacher UNet dir (e.g. a ReLU-attention model's softmax parent)
         arch: str | None = None  # None: the teacher's own spec | preset name | spec file | FlexUNet directory
         student_depth: float = 1.0  # for a preset student (its width follows the teacher's channels)
+        partial_init: bool = True  # blocks no teacher block fits start from a sliced teacher block (arch.convert)
         w_task: float = 1.0
         w_out: float = 1.0
         w_feat: float = 1.0
@@ -92,7 +93,7 @@ class StudentStage(Stage):
 
     def build(self):
         teacher = self.build_frozen()["teacher"]
-        student = init_student(teacher, self.opts.arch, self.opts.student_depth)
+        student = init_student(teacher, self.opts.arch, self.opts.student_depth, self.opts.partial_init)
         if student.config.in_channels != teacher.config.in_channels:
             raise ConfigError(f"options.arch: the student takes {student.config.in_channels} latent channels, the "
                               f"teacher {teacher.config.in_channels}")
