@@ -2,7 +2,8 @@
 # Quality of the exported (and quantized) shipped model against eager fp32, paired per image: both 200-prompt held-out
 # sets x seed sets 0, 1000, 2000, the default model (student-8, 8 DDIM steps, w 2). Resumable: finished files are kept.
 #   [SEEDS="0 1000 2000"] scripts/export_quality.sh [RUN_DIR] [VARIANT ...]   VARIANT = FORMAT:QUANTIZE (default below)
-# Results: docs/results/export/quality.json (scripts/compare_evals.py) and the per-seed eval files in RUN_DIR.
+# Results: $OUT/quality.json (scripts/compare_evals.py) and $OUT/sizes.json (OUT defaults to docs/results/export), the
+# per-seed eval files in RUN_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/export/quality}; shift || true
@@ -16,7 +17,7 @@ mkdir -p "$RUN"
 EVAL=(--steps 8 --guidance 2 --scheduler ddim --prompts heldout-single --prompts heldout-two --threads "$THREADS")
 REF=(--dtype fp32)  # the reference is eager fp32 (eval's default, auto, picks bf16 on CPUs that have it)
 
-SEEDS=${SEEDS:-0 1000 2000}
+OUT=${OUT:-docs/results/export}
 SEEDS=${SEEDS:-0 1000 2000}  # of the exports (the reference always gets all three)
 for seed in 0 1000 2000; do  # the eager fp32 reference
   f="$RUN/eager_fp32_s$seed.json"
@@ -38,17 +39,17 @@ for v in "${VARIANTS[@]}"; do
   files=$(ls "$RUN/${fmt}_${q}"_s*.json | paste -sd,)  # the seed sets evaluated so far
   args+=(--model "$fmt-$q=$files")
 done
-mkdir -p docs/results/export
-${PYTHON:-python} scripts/compare_evals.py "${args[@]}" --json docs/results/export/quality.json
+mkdir -p "$OUT"
+${PYTHON:-python} scripts/compare_evals.py "${args[@]}" --json "$OUT/quality.json"
 # per-network bytes on disk of every export report in RUN (and fp32 ones given in FP32_REPORTS)
-${PYTHON:-python} - "$RUN"/export_*.json ${FP32_REPORTS:-} <<'PY'
+${PYTHON:-python} - "$OUT/sizes.json" "$RUN"/export_*.json ${FP32_REPORTS:-} <<'PY'
 import json, sys
 from pocketdiff.io import write_json_atomic
 rows = {}
-for f in sys.argv[1:]:
+for f in sys.argv[2:]:
     r = json.load(open(f))
     rows[f"{r['format']}-{r['quantize']}"] = {n: {"quantize": e["quantize"], "bytes": e["bytes"]} for n, e in r["networks"].items()}
-write_json_atomic("docs/results/export/sizes.json", rows)
+write_json_atomic(sys.argv[1], rows)
 print("| export | " + " | ".join(["text encoder", "UNet", "decoder"]) + " |\n|---|---:|---:|---:|")
 for k, v in sorted(rows.items()):
     print(f"| {k} | " + " | ".join(f"{v[n]['bytes'] / 1e6:.1f} MB" for n in ("text_encoder", "unet", "decoder")) + " |")

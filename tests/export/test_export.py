@@ -206,13 +206,41 @@ def test_auto_backend_measures_once_and_picks_the_fastest(tiny_model_dir, export
 
     monkeypatch.setattr(cache, "_measure_unet_step", no_second_measurement)
     assert cache.auto_backend(tiny_model_dir, None, None, "fp32", threads=1) == (backend, info)
-    # the choice follows the measurement, whichever way it goes
-    for eager_ms, expected in ((1e9, "onnxruntime"), (1e-9, "torch")):
-        monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path / f"cache_{expected}"))
-        monkeypatch.setattr(cache, "_measure_unet_step", measure)
+    # the choice follows the measurement, whichever candidate is fastest; a tie goes to the earlier candidate
+    monkeypatch.setattr(cache, "_measure_unet_step", measure)
+    cases = {c: {k: 1.0 if k == c else 2.0 for k in cache.AUTO_CANDIDATES} for c in cache.AUTO_CANDIDATES}
+    cases["tie"] = {"torch": 2.0, "onnxruntime": 1.0, "openvino": 1.0}
+    for case, ms in cases.items():
+        monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path / f"cache_{case}"))
         monkeypatch.setattr("pocketdiff.profiling.latency.round_robin",
-                            lambda tasks, runs, warmup: {k: [eager_ms if k == "torch" else 1.0] for k in tasks})
-        assert cache.auto_backend(tiny_model_dir, None, None, "fp32", threads=1)[0] == expected
+                            lambda tasks, runs, warmup: {k: [ms[k]] for k in tasks})
+        got, info = cache.auto_backend(tiny_model_dir, None, None, "fp32", threads=1)
+        assert got == ("onnxruntime" if case == "tie" else case) and set(info["unet_step_ms"]) == set(ms)
+
+
+def test_auto_runs_openvino_on_the_onnx_export(tiny_model_dir, exported, tmp_path, monkeypatch):
+    """When OpenVINO wins, generate compiles the cached ONNX graphs in OpenVINO: no second export, the same images."""
+    import shutil
+
+    from pocketdiff.cli.generate import _pipe
+    from pocketdiff.export import cache
+    from pocketdiff.sampling.pipeline import load_pipeline
+
+    calls = []
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("pocketdiff.export.exporter.export_model",
+                        lambda model, fmt, out, **kw: calls.append(fmt) or shutil.copytree(exported[fmt][1], out))
+    monkeypatch.setattr("pocketdiff.profiling.latency.round_robin",
+                        lambda tasks, runs, warmup: {k: [1.0 if k == "openvino" else 2.0] for k in tasks})
+    pipe = _pipe(tiny_model_dir, None, None, "ddim", 1, "cpu", "fp32", "auto")
+    assert pipe.backend == "openvino" and pipe.backend_auto["backend"] == "openvino" and calls == ["onnx"]
+    assert pipe.manifest["format"] == "onnx"
+    prompts = ["a red circle", "a blue square left of a green triangle"]
+    got = pipe(prompts, num_inference_steps=3, guidance_scale=3.0, seed=5, decode=False).images
+    eager = load_pipeline(tiny_model_dir)(prompts, num_inference_steps=3, guidance_scale=3.0, seed=5, decode=False)
+    assert np.abs(got - eager.images).max() < 1e-3
+    with pytest.raises(ExportError, match="openvino export; onnx cannot run it"):
+        load_exported_pipeline(exported["openvino"][1], runtime="onnx")
 
 
 def test_auto_backend_falls_back_to_torch_when_the_export_fails(tiny_model_dir, tmp_path, monkeypatch):

@@ -52,8 +52,8 @@ def _check_sampling(model: Path, steps: int | None, guidances: list[float], thre
         check_sampling_options(steps, g, train_steps)
 
 
-BACKEND_HELP = ("auto (on the CPU: the backend measured fastest for this model here, torch or onnxruntime; measured "
-                "once, then cached) | torch | onnxruntime | openvino | executorch: run the networks in that runtime "
+BACKEND_HELP = ("auto (on the CPU: the backend measured fastest for this model here, torch, onnxruntime or openvino; "
+                "measured once, then cached) | torch | onnxruntime | openvino | executorch: run the networks in that runtime "
                 "(an ordinary model directory is exported once, fp32 and parity-checked, into "
                 "~/.cache/pocketdiff/exports)")
 DTYPE_HELP = ("auto (bf16 where the CPU has native bf16, avx512_bf16 / AMX, and the model's bf16 quality was "
@@ -73,12 +73,12 @@ def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str
     from pocketdiff.export import is_export_dir, load_exported_pipeline
     from pocketdiff.export.cache import cached_export, check_backend
 
-    fmt, auto = check_backend(backend), None
+    fmt, auto, runtime = check_backend(backend), None, None
     if backend == "auto" and target.type == "cpu" and not is_export_dir(model):
-        from pocketdiff.export.cache import auto_backend
+        from pocketdiff.export.cache import AUTO_RUNS, auto_backend
 
         backend, auto = auto_backend(model, unet, vae, resolve_model_dtype(dtype, model, unet, vae, target), threads)
-        fmt = check_backend(backend)
+        fmt, runtime = AUTO_RUNS[backend]  # OpenVINO runs the ONNX export the choice was measured on
     if fmt is not None and not is_export_dir(model):
         if target.type != "cpu":
             raise DataError(f"--backend {backend} runs on the CPU; use --device cpu")
@@ -89,7 +89,7 @@ def _pipe(model: Path, unet: Optional[Path], vae: Optional[Path], scheduler: str
                             "`pocketdiff export MODEL --unet NAME --vae NAME` to change them")
         if target.type != "cpu":
             raise DataError(f"{model} is an exported directory: it runs on the CPU; use --device cpu")
-        pipe = load_exported_pipeline(model, scheduler=scheduler, threads=threads)
+        pipe = load_exported_pipeline(model, scheduler=scheduler, threads=threads, runtime=runtime)
         pipe.dtype_name = "fp32" if pipe.manifest["quantize"] == "none" else pipe.manifest["quantize"]
         pipe.backend_auto = auto
         return pipe

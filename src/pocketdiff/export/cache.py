@@ -3,9 +3,10 @@ checked) into a cache directory keyed by the weights it was made from, and reuse
 
 `--backend auto` (the default of generate and eval): the backend whose UNet step was measured fastest for this model,
 dtype and thread count on this CPU. The first time, the model is exported to ONNX (cached as above) and one UNet step
-(the CFG batch of 2) is timed in eager PyTorch and in onnxruntime, interleaved; the choice and its figures are kept in
-`auto_backend.json` beside the exports. OpenVINO and ExecuTorch are not candidates: on the measured CPUs their UNet
-step was slower than onnxruntime's (docs/export.md), and exporting them costs minutes each."""
+(the CFG batch of 2) is timed in eager PyTorch, in onnxruntime and in OpenVINO, interleaved; OpenVINO compiles that
+same ONNX file (its CPU plugin reads ONNX directly), so one export serves both runtimes. The choice and its figures are
+kept in `auto_backend.json` beside the exports. ExecuTorch is not a candidate: its XNNPACK fp32 UNet step was 1.4x
+slower than eager PyTorch on x86 (docs/export.md), and its static-shape programs cost minutes of export each."""
 
 from __future__ import annotations
 
@@ -53,7 +54,26 @@ def cached_export(model: Path, fmt: str, unet: Path | None = None, vae: Path | N
     return out
 
 
-AUTO_CANDIDATES = ("torch", "onnxruntime")
+AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")
+# what each candidate runs: (the cached export it needs, the runtime that runs it); OpenVINO runs the ONNX export
+AUTO_RUNS = {"torch": (None, None), "onnxruntime": ("onnx", "onnx"), "openvino": ("onnx", "openvino")}
+
+
+def _installed(fmt: str) -> bool:
+    from .common import RUNTIME_MODULES
+
+    try:
+        for module, _ in RUNTIME_MODULES[fmt]:
+            __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def choose(medians: dict[str, float]) -> str:
+    """The fastest candidate; a tie goes to the earlier one in AUTO_CANDIDATES (eager first: nothing to load)."""
+    order = [b for b in AUTO_CANDIDATES if b in medians]
+    return min(order, key=lambda b: (medians[b], order.index(b)))
 
 
 def _cpu_name() -> str:
@@ -78,16 +98,13 @@ def auto_backend(model: Path, unet: Path | None, vae: Path | None, dtype: str, t
     import torch
 
     from ..io import write_json_atomic
-    from .common import RUNTIME_MODULES
 
-    try:
-        for module, _ in RUNTIME_MODULES["onnx"]:
-            __import__(module)
-    except ImportError:
+    if not _installed("onnx"):
         return "torch", {"why": "onnxruntime is not installed (pip install 'pocketdiff[export]')"}
+    runtimes = [b for b in AUTO_CANDIDATES[1:] if _installed(AUTO_RUNS[b][1])]
     threads = threads or torch.get_num_threads()
     name = f"{Path(model).resolve().name}-onnx-{_key(Path(model), unet, vae, 'onnx')}"
-    key = f"{name}|{dtype}|threads={threads}|{_cpu_name()}"
+    key = f"{name}|{dtype}|threads={threads}|{_cpu_name()}|{','.join(['torch', *runtimes])}"
     book = cache_root() / "auto_backend.json"
     known = json.loads(book.read_text()) if book.is_file() else {}
     if key not in known:
@@ -96,13 +113,13 @@ def auto_backend(model: Path, unet: Path | None, vae: Path | None, dtype: str, t
         except Exception as e:  # a model the exporter cannot take (or that fails parity) still runs, in eager PyTorch
             known[key] = {"backend": "torch", "why": f"the ONNX export failed: {type(e).__name__}: {e}"[:500]}
         else:
-            known[key] = _measure_unet_step(model, unet, vae, dtype, threads, exported, runs)
+            known[key] = _measure_unet_step(model, unet, vae, dtype, threads, exported, runtimes, runs)
         write_json_atomic(book, known)
     return known[key]["backend"], known[key]
 
 
 def _measure_unet_step(model: Path, unet: Path | None, vae: Path | None, dtype: str, threads: int,
-                       exported: Path, runs: int) -> dict:
+                       exported: Path, runtimes: list[str], runs: int) -> dict:
     import statistics
 
     import torch
@@ -118,14 +135,17 @@ def _measure_unet_step(model: Path, unet: Path | None, vae: Path | None, dtype: 
     pipe = load_pipeline(model, unet_dir=unet, vae_dir=vae, dtype=dtype)
     args = example_inputs(Shapes.of(pipe), 2, vocab=int(pipe.text_encoder.config.vocab_size))["unet"]
     eager_args = [a.to(to_dtype(dtype)) if i != 1 else a for i, a in enumerate(args)]
-    runner = load_runner("onnx", read_manifest(exported)["networks"]["unet"]["files"], exported, threads)
+    files = read_manifest(exported)["networks"]["unet"]["files"]
     arrays = [a.numpy() for a in args]
 
     def eager():
         with torch.inference_mode():
             pipe.unet(*eager_args[:2], encoder_hidden_states=eager_args[2])
 
-    times = round_robin({"torch": eager, "onnxruntime": lambda: runner(*arrays)}, runs=runs, warmup=2)
+    tasks = {"torch": eager}
+    for b in runtimes:
+        tasks[b] = (lambda r: lambda: r(*arrays))(load_runner(AUTO_RUNS[b][1], files, exported, threads))
+    times = round_robin(tasks, runs=runs, warmup=2)
     medians = {k: round(statistics.median(v), 3) for k, v in times.items()}
-    return {"backend": min(medians, key=medians.get), "unet_step_ms": medians, "eager_dtype": dtype,
+    return {"backend": choose(medians), "unet_step_ms": medians, "eager_dtype": dtype,
             "threads": threads, "cpu": _cpu_name(), "runs": runs, "export": str(exported)}

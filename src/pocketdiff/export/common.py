@@ -15,6 +15,7 @@ MANIFEST = "pocketdiff_export.json"
 # (with the command that rebuilds it) rather than run with the wrong inputs
 LAYOUT_VERSION = 1
 FORMATS = ("onnx", "openvino", "executorch")
+BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch-xnnpack"}  # what runs each format
 QUANTIZE = ("none", "fp16", "int8-weights", "int8", "int8-hybrid")
 CALIBRATED = ("int8", "int8-hybrid")  # the modes that need the calibration set
 NETWORKS = ("text_encoder", "unet", "decoder")

@@ -19,14 +19,13 @@ import torch
 
 from ..errors import ModelDirError
 from ..io import atomic_dir
-from .common import (CALIBRATED, LAYOUT_VERSION, MANIFEST, NETWORKS, ExportError, ParityError, check_format, check_quantize,
-                     is_export_dir, require_runtime, runtime_versions)
+from .common import (BACKEND, CALIBRATED, LAYOUT_VERSION, MANIFEST, NETWORKS, ExportError, ParityError, check_format,
+                     check_quantize, is_export_dir, require_runtime, runtime_versions)
 from .networks import DecoderNet, Shapes, TextEncoderNet, UNetNet, calibration_prompts, example_inputs, \
     record_unet_inputs
 from .runtimes import (export_executorch, export_onnx, export_openvino, load_runner, _quiet)
 
 PARITY_TOL = 1e-3  # max |runtime - eager fp32| for an fp32 export, per network (issue #30)
-BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch-xnnpack"}
 ET_BATCHES = {"text_encoder": [1], "unet": [2, 1], "decoder": [1]}
 
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .common import read_manifest, require_runtime
+from .common import BACKEND, ExportError, read_manifest, require_runtime
 from .runtimes import load_runner
 
 
@@ -64,15 +64,21 @@ class RuntimeDecoder(_Net):
         return SimpleNamespace(sample=self._run(latents.float()))
 
 
-def load_exported_pipeline(path: str | Path, scheduler: str | None = None, threads: int | None = None):
-    """An exported directory as a `TextToImagePipeline` (attribute `backend`: the runtime's name)."""
+def load_exported_pipeline(path: str | Path, scheduler: str | None = None, threads: int | None = None,
+                           runtime: str | None = None):
+    """An exported directory as a `TextToImagePipeline` (attribute `backend`: the runtime's name). `runtime`: run the
+    graphs in another runtime that reads them; only "openvino" on an ONNX export (OpenVINO's CPU plugin compiles
+    ONNX files directly, as `--backend auto` does)."""
     from transformers import AutoTokenizer
 
     from ..sampling.pipeline import TextToImagePipeline, make_scheduler
 
     root = Path(path)
     manifest = read_manifest(root)
-    fmt = manifest["format"]
+    fmt = runtime or manifest["format"]
+    if fmt != manifest["format"] and (manifest["format"], fmt) != ("onnx", "openvino"):
+        raise ExportError(f"{root} is a {manifest['format']} export; {fmt} cannot run it (only OpenVINO reads another "
+                          "format's files, ONNX)")
     require_runtime(fmt)
     if threads:
         torch.set_num_threads(threads)
@@ -85,6 +91,6 @@ def load_exported_pipeline(path: str | Path, scheduler: str | None = None, threa
         text_encoder=RuntimeTextEncoder(run["text_encoder"], shapes["context_dim"]),
         tokenizer=AutoTokenizer.from_pretrained(root / "tokenizer"),
         scheduler=make_scheduler(scheduler or manifest["default"]["scheduler"], sched_cfg))
-    pipe.backend = manifest["backend"]
+    pipe.backend = BACKEND[fmt]
     pipe.manifest = manifest
     return pipe
