@@ -213,16 +213,30 @@ def make_inception_standin(path: str | Path, seed: int = 0) -> Path:
     return Path(path)
 
 
-def toy_regression_stream(seed: int, dim: int):
-    """The trainer tests' toy task: x ~ N(0, I_dim), y = sum(x), one example per global sample index."""
+def free_port() -> int:
+    """A free TCP port on this machine, for an `accelerate launch --main_process_port` in a test (not torchrun's
+    default 29500: another run on the machine may hold it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toy_regression_stream(seed: int, dim: int, bad_every: int = 0):
+    """The trainer tests' toy task: x ~ N(0, I_dim), y = sum(x), one example per global sample index. `bad_every` k:
+    read through a 64-item source whose every k-th item is bad (None, as a corrupt image is), so that examples carry
+    "skipped" counts (`pocketdiff.data.stream`)."""
     from pocketdiff.data.stream import seeded_stream
 
-    def make(_, rng):
+    def make(item, rng):
         x = torch.from_numpy(rng.standard_normal(dim)).float()
-        return {"x": x, "y": x.sum(0, keepdim=True)}
+        return {"x": x, "y": x.sum(0, keepdim=True), **({"skipped": item.get("skipped", 0)} if item else {})}
 
-    return seeded_stream(seed, make)
+    if not bad_every:
+        return seeded_stream(seed, make)
+    return seeded_stream(seed, make, [None if j % bad_every == 0 else {"ok": True} for j in range(64)])
 
 
-__all__ = ["bpe_vocab", "make_caption_folder", "make_clip_dir", "make_inception_standin", "make_sd15_dir",
+__all__ = ["bpe_vocab", "free_port", "make_caption_folder", "make_clip_dir", "make_inception_standin", "make_sd15_dir",
            "toy_regression_stream", "write_clip_tokenizer"]

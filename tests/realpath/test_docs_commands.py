@@ -1,12 +1,16 @@
 """Every command of docs/real-path.md runs, on the tiny SD-1.5 fixture: the page's variables point at
 `pocketdiff.testing`'s stand-ins, each command gets a seconds-long budget appended (a later flag overrides the
-page's), and `accelerate launch ... -m pocketdiff.cli` lines run as one process here (the multi-process runs are
-the trainer's own tests)."""
+page's). The page's `accelerate launch` lines for `train student` and `train distill` run as they are written with
+2 processes instead of 8 (DDP over gloo on the CPU, fp32: `ACCELERATE_USE_CPU=true`, `--num_processes 2`,
+`--mixed_precision no`); the other `accelerate launch` line (`train vpred`) runs in this process, to keep the suite's
+time (each launch costs ~15 s of imports on a 2-core machine)."""
 
 import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "real-path.md"
 FENCED = re.compile(r"```bash\n(.*?)```", re.S)
+TWO_PROCESSES = ("train student", "train distill")  # launched with 2 processes (module docstring)
 
 # the budget appended to each command (the fixture's sizes; click keeps an option's last value)
 BUDGET = {
@@ -45,6 +50,22 @@ def as_argv(line: str) -> list[str]:
         argv = argv[1:]
     extra = next((v for k, v in BUDGET.items() if tuple(argv[:len(k)]) == k), [])
     return argv + extra
+
+
+def launch_two_processes(line: str) -> subprocess.CompletedProcess:
+    """The page's `accelerate launch` line as written, with 2 processes for its 8 and fp32 for its bf16 (a CPU)."""
+    from pocketdiff.testing import free_port
+
+    argv = shlex.split(os.path.expandvars(line))
+    launch = argv[2:argv.index("-m")]  # the page's launcher options
+    for flag, value in (("--num_processes", "2"), ("--mixed_precision", "no")):
+        launch[launch.index(flag) + 1] = value
+    assert "--multi_gpu" in launch, line
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "pocketdiff.cli", *as_argv(line)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
@@ -84,6 +105,16 @@ def test_every_command_on_the_page_runs(workdir, capsys):
     assert names == ["train vpred", "data cache-latents", "train student", "profile sd15-v/unet", "evolve --teacher",
                      "train distill", "prune decoder", "train decoder", "generate --model", "eval --protocol"]
     for line in commands:
+        if line.startswith("accelerate launch") and " ".join(as_argv(line)[:2]) in TWO_PROCESSES:
+            done = launch_two_processes(line)
+            assert done.returncode == 0, f"{line}\n{done.stderr[-3000:]}"
+            summary = json.loads((workdir / as_argv(line)[as_argv(line).index("--json") + 1]).read_text())
+            # written by the main process alone; both processes trained bit-identical weights (the trainer compares
+            # them at every checkpoint and stops otherwise); the export was written once (the trainer's own test,
+            # tests/training/test_multiprocess.py)
+            assert summary["num_processes"] == 2 and summary["distributed"] == "MULTI_CPU", summary
+            assert summary["processes_in_sync"] is True and summary["samples_seen"] == 2 * 2 * 2  # steps x B x P
+            continue
         with pytest.raises(SystemExit) as e:  # typer exits 0 on success
             main(as_argv(line))
         assert e.value.code in (0, None), f"{line}\n{capsys.readouterr().err[-2000:]}"

@@ -4,7 +4,8 @@
     accelerate launch --multi_gpu --num_processes 2 tests/training/mp_driver.py train toy --out RUN ... [--then ...]
 
 (`ACCELERATE_USE_CPU=true`: gloo on the CPU). `--then` separates several runs made one after the other by the same
-processes (each launch costs ~10 s of imports on a 2-core machine).
+processes (each launch costs ~10 s of imports on a 2-core machine); a run that starts with `--may-fail` may exit 2
+(the error is on stderr) and the next one still runs.
 
 The stage: noisy linear regression, examples from the seeded stream, optional noise from the torch RNG (each
 process's own stream: it must resume too). `options.kill_at_step` SIGKILLs process 1 during that step (as the OOM
@@ -40,6 +41,8 @@ class ToyStage(Stage):
         dim: int = 4
         torch_noise: float = 0.0
         kill_at_step: int | None = None
+        bad_every: int = 0  # every k-th item of the data source is bad (skipped and counted)
+        desync_at_step: int | None = None  # process 1 changes a weight outside DDP during that step
 
     def build(self):
         ToyStage.instances.append(self)
@@ -48,11 +51,14 @@ class ToyStage(Stage):
     def dataset(self):
         from pocketdiff.testing import toy_regression_stream
 
-        return toy_regression_stream(self.cfg.seed, self.opts.dim)
+        return toy_regression_stream(self.cfg.seed, self.opts.dim, self.opts.bad_every)
 
     def compute_loss(self, models, frozen, batch):
         if self.step == self.opts.kill_at_step and RANK == 1:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.step == self.opts.desync_at_step and RANK == 1:
+            with torch.no_grad():
+                next(models["net"].parameters()).add_(1e-3)
         self.models = models
         x = batch["x"]
         if self.opts.torch_noise:
@@ -79,11 +85,15 @@ if __name__ == "__main__":
         else:
             runs[-1].append(a)
     for argv in runs:
+        may_fail = argv[:1] == ["--may-fail"]
+        argv = argv[1:] if may_fail else argv
         try:
             main(argv)
         except SystemExit as e:
-            if e.code:
+            if e.code and not (may_fail and e.code == 2):
                 raise
+            if e.code:
+                continue
         if argv[:2] != ["train", "toy"]:  # any other command: just run it
             continue
         stage = ToyStage.instances[-1]

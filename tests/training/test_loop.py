@@ -27,6 +27,7 @@ class ToyStage(Stage):
     class Options:
         dim: int = 4
         interrupt_at_batch: int | None = None
+        bad_every: int = 0  # every k-th item of the data source is bad (skipped and counted)
 
     def build(self):
         self.calls = 0
@@ -35,7 +36,7 @@ class ToyStage(Stage):
     def dataset(self):
         from pocketdiff.testing import toy_regression_stream
 
-        return toy_regression_stream(self.cfg.seed, self.opts.dim)
+        return toy_regression_stream(self.cfg.seed, self.opts.dim, self.opts.bad_every)
 
     def compute_loss(self, models, frozen, batch):
         self.calls += 1
@@ -110,6 +111,23 @@ def test_resume_is_exact_vae(tmp_path):
     for name in ("model.safetensors", "ema.safetensors"):
         a, b = weights(tmp_path / "full", name), weights(tmp_path / "split", name)
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_data_skipped_counts_every_worker_and_survives_a_resume(tmp_path):
+    """The bad items a data source dropped travel with their examples ("skipped") through DataLoader workers into the
+    batch; the trainer sums them (over processes too: tests/training/test_multiprocess.py) and checkpoints the total."""
+    from pocketdiff.testing import toy_regression_stream
+
+    cfg = toy_cfg(tmp_path, num_workers=2, eval_every=0, options={"bad_every": 4})
+    stream = toy_regression_stream(cfg.seed, 4, 4)
+    expected = sum(stream[i].get("skipped", 0) for i in range(8 * 4))  # 8 steps x 4 examples
+    full = train(ToyStage(cfg), cfg, tmp_path / "full")
+    cut = toy_cfg(tmp_path, num_workers=2, eval_every=0, options={"bad_every": 4, "interrupt_at_batch": 4})
+    stopped = train(ToyStage(cut), cut, tmp_path / "split")
+    again = train(ToyStage(cfg), cfg, tmp_path / "split", resume=True)
+    first = sum(stream[i].get("skipped", 0) for i in range(4 * 4))
+    assert stopped["step"] == 4 and stopped["data_skipped"] == first and 0 < first < expected
+    assert full["data_skipped"] == again["data_skipped"] == expected
 
 
 def test_checkpoint_is_atomic_and_crash_safe(tmp_path):

@@ -1,7 +1,9 @@
 """The trainer under `accelerate launch` with 2 processes (gloo on the CPU), on a toy stage (tests/training/mp_driver.py):
 (a) the weights are identical on both processes, (b) 2 processes x batch B train the weights of 1 process x batch 2B,
 (c) a process SIGKILLed mid-run + `--resume` (2 processes) continues exactly, (d) the export is written once, (e) the
-summary JSON (`--json`) records the number of processes. Two launches (~20 s each on a loaded 2-core machine)."""
+summary JSON (`--json`) records the number of processes; (f) the bad examples the data source dropped are summed over
+processes (`data_skipped`), and (g) weights that drift apart between processes stop the run. Two launches (~20 s
+each on a loaded 2-core machine)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("mp_driver.py")
 STEPS, B = 8, 4
+BAD = ("--set", "options.bad_every=4")  # the data source drops items: data_skipped > 0
 
 CONFIG = f"""stage: toy
 export_dir: unused
@@ -32,19 +35,13 @@ num_threads: 1
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:  # not torchrun's default 29500: another run on this machine may hold it
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(*args: str) -> subprocess.CompletedProcess:
+    from pocketdiff.testing import free_port
+
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            str(DRIVER), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -59,13 +56,16 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("mp")
     (root / "toy.yaml").write_text(CONFIG)
     # process 1 SIGKILLs itself during step 6 (index 5); the last checkpoint is step 4
-    killed = _launch(*_run_args(root, "split", "--set", "options.torch_noise=0.1", "--set", "options.kill_at_step=5"))
+    killed = _launch(*_run_args(root, "split", "--set", "options.torch_noise=0.1", "--set", "options.kill_at_step=5",
+                                *BAD))
     assert killed.returncode != 0 and not (root / "split.json").exists(), killed.stderr[-3000:]
     assert json.loads((root / "split" / "checkpoint" / "state.json").read_text())["step"] == 4
-    done = _launch(*_run_args(root, "split", "--resume", "--set", "options.torch_noise=0.1"), "--then",
-                   *_run_args(root, "full", "--set", "options.torch_noise=0.1"), "--then",
-                   *_run_args(root, "plain"))
+    done = _launch(*_run_args(root, "split", "--resume", "--set", "options.torch_noise=0.1", *BAD), "--then",
+                   *_run_args(root, "full", "--set", "options.torch_noise=0.1", *BAD), "--then",
+                   *_run_args(root, "plain", *BAD), "--then",
+                   "--may-fail", *_run_args(root, "desync", "--set", "options.desync_at_step=2"))
     assert done.returncode == 0, done.stderr[-3000:]
+    (root / "desync.stderr").write_text(done.stderr)
     return root
 
 
@@ -90,10 +90,13 @@ def test_two_processes_x_b_equal_one_process_x_2b(runs, tmp_path):
         from mp_driver import ToyStage
     finally:
         sys.path.remove(str(DRIVER.parent))
-    cfg = load_config(runs / "toy.yaml", overrides={"batch_size": 2 * B, "export_dir": str(tmp_path / "export")},
-                      options_cls=ToyStage.Options)
+    cfg = load_config(runs / "toy.yaml", overrides={"batch_size": 2 * B, "export_dir": str(tmp_path / "export"),
+                                                    "options": {"bad_every": 4}}, options_cls=ToyStage.Options)
     summary = train(ToyStage(cfg), cfg, tmp_path / "one")
     assert summary["num_processes"] == 1 and summary["samples_seen"] == STEPS * 2 * B
+    # (f) the bad items each process's data dropped, summed: the count of 1 process reading all the samples
+    plain = json.loads((runs / "plain.json").read_text())
+    assert summary["data_skipped"] > 0 and plain["data_skipped"] == summary["data_skipped"]
     for f in ("model.safetensors", "ema.safetensors"):
         one, two = _weights(tmp_path / "one" / "checkpoint" / f), _weights(runs / "plain" / "checkpoint" / f)
         assert one.keys() == two.keys()
@@ -115,6 +118,8 @@ def test_sigkill_and_resume_under_two_processes_is_exact(runs):
     full = [json.loads(r) for r in (runs / "full" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in full if "loss" in r]
+    skipped = [json.loads((runs / f"{name}.json").read_text())["data_skipped"] for name in ("split", "full")]
+    assert skipped[0] == skipped[1] > 0  # the count before the kill was checkpointed and continued
 
 
 def test_the_export_is_written_once(runs):
@@ -127,3 +132,13 @@ def test_summary_json_records_the_processes(runs):
     s = json.loads((runs / "plain.json").read_text())
     assert s["num_processes"] == 2 and s["global_batch_size"] == 2 * B and s["samples_seen"] == STEPS * 2 * B
     assert s["step"] == STEPS and s["stopped"] == "max_steps"
+
+
+def test_weights_drifting_apart_between_processes_stop_the_run(runs):
+    """Process 1 changes a weight outside DDP during step 3: the checkpoint at step 4 compares every process's weights
+    (`loop.weight_fingerprint`), stops the run on every process (exit 2) and writes no checkpoint for that step."""
+    err = (runs / "desync.stderr").read_text()
+    assert "the weights of process(es) [1] differ from process 0's" in err, err[-2000:]
+    assert json.loads((runs / "desync" / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert not (runs / "desync.json").exists() and not (runs / "export_desync").exists()
+    assert json.loads((runs / "plain.json").read_text())["processes_in_sync"] is True

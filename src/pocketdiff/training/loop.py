@@ -25,6 +25,9 @@ prepared by Accelerate (DDP; FSDP is refused, docs/training.md), so gradients ar
 on every process; the main process alone holds the run-directory lock, writes checkpoints (our format, atomic: the
 weights are the same everywhere, the per-process RNG states are gathered to it), logs, samples, evaluates and exports
 (once). A stop request (Ctrl-C / SIGTERM on any process, `max_minutes`) is agreed between the processes each step.
+At each checkpoint the processes' weights are compared (`weight_fingerprint`; `OutOfSyncError` if they differ) and
+the bad examples the data source dropped ("skipped" in each batch) are summed over processes into `data_skipped`
+(checkpointed: a resume continues the count).
 
 Ctrl-C / SIGTERM (e.g. `kill PID` of a nohup run) finishes the current step, checkpoints and returns with
 stopped="interrupted" without exporting; `--resume` continues exactly from there.
@@ -57,6 +60,7 @@ import yaml
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
+from pocketdiff.data.batches import count_skipped
 from pocketdiff.errors import ConfigError, DataError, PocketDiffError, WeightsError
 from pocketdiff.io import fsync_dir, recover_dir, write_png_atomic, write_text_atomic
 from pocketdiff.training.config import TrainConfig
@@ -71,6 +75,10 @@ class DivergedError(PocketDiffError):
 
 class RunDirBusyError(PocketDiffError):
     """Another trainer holds the run directory's lock."""
+
+
+class OutOfSyncError(PocketDiffError):
+    """Under several processes, the trained weights differ between processes (checked at every checkpoint)."""
 
 
 def default_export_dir(run_dir: str | Path, export_dir: str | Path) -> Path:
@@ -222,6 +230,15 @@ def rng_states(accelerator=None) -> dict[str, torch.Tensor]:
         every = accelerator.gather(state.to(accelerator.device)[None]).cpu()  # [P, n] uint8
         out.update({key if k == 0 else f"{key}.{k}": every[k] for k in range(len(every))})
     return out
+
+
+def weight_fingerprint(module: nn.Module) -> torch.Tensor:
+    """[tensors] int64: per parameter and buffer, the sum of its elements' bit patterns (as integers). Cheap (no copy
+    off the device) and exact: a change to any one element changes it; compared between processes at checkpoints."""
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    sums = [t.detach().contiguous().view(ints[t.element_size()]).sum(dtype=torch.int64)
+            for t in [*module.parameters(), *module.buffers()]]
+    return torch.stack(sums) if sums else torch.zeros(1, dtype=torch.int64)
 
 
 def save_optimizer_state(sd: dict, ckpt: Path) -> None:
@@ -461,6 +478,20 @@ class _RunDirLock:
             self.file.close()  # closing the descriptor releases the lock
 
 
+def _check_in_sync(accelerator, model: nn.Module, step: int) -> None:
+    """Every process's weights against process 0's (`weight_fingerprint`, gathered: a collective). DDP keeps them
+    identical; they drift apart when a stage changes a trainable weight outside the prepared modules' forward /
+    backward (e.g. in place on one process only). Raised on every process alike (they all see the gathered rows)."""
+    every = accelerator.gather(weight_fingerprint(model).to(accelerator.device)[None]).cpu()  # [P, tensors]
+    differ = [k for k in range(1, len(every)) if not torch.equal(every[k], every[0])]
+    if differ:
+        raise OutOfSyncError(f"training stopped at step {step}: the weights of process(es) {differ} differ from "
+                             "process 0's, so the processes no longer train the same model (a stage changed a "
+                             "trainable weight outside the prepared modules, or one process loaded other weights). "
+                             "Nothing was exported or checkpointed at this step; the last checkpoint is the last good "
+                             "state: fix the stage, then --resume")
+
+
 def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in [*module.parameters(), *module.buffers()] if t.is_floating_point())
 
@@ -491,7 +522,7 @@ def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path | None = None, res
             return _train(stage, cfg, run_dir, resume)
     except PocketDiffError as e:
         # bad input found while building (a data folder, a model directory): leave no half-made run directory
-        if new and not isinstance(e, (DivergedError, RunDirBusyError)) and find_checkpoint(run_dir) is None:
+        if new and not isinstance(e, (DivergedError, OutOfSyncError, RunDirBusyError)) and find_checkpoint(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -540,6 +571,9 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     if accelerator.process_index:  # the same initial weights everywhere, then each process its own torch stream
         torch.manual_seed(cfg.seed + 1_000_003 * accelerator.process_index)
     step, elapsed, stopped, samples_seen = 0, 0.0, "max_steps", 0
+    # bad examples the data source dropped (`skipped` in a batch): this process's since the start or resume, and the
+    # run's total (all processes, counted at each checkpoint: a resume continues it)
+    skipped_here, data_skipped = 0, 0
     samples_per_step = cfg.batch_size * nproc * cfg.grad_accum_steps
     trainable = any(p.requires_grad for p in model.parameters())
 
@@ -571,18 +605,24 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         if ckpt is not None:
             state = load_checkpoint(ckpt, model, ema, optimizer, accelerator.process_index)
             step, elapsed, samples_seen = state["step"], state["elapsed_s"], state["samples_seen"]
+            data_skipped = state.get("data_skipped", 0)
             if not isinstance(samples_seen, int) or samples_seen < 0:
                 raise WeightsError(f"{ckpt / 'state.json'}: corrupt samples_seen {samples_seen!r}; use a new --out")
         log = _JsonLog(run_dir / "log.jsonl", step if ckpt is not None else None, main)
         batches = iter(_data_loader(stage.dataset(), stage, cfg, accelerator, samples_seen))
 
         def checkpoint() -> None:
+            nonlocal skipped_here, data_skipped
             if not _all_finite(model) or (ema is not None and not _all_finite(ema.model)):
                 raise _diverged(run_dir, step, "a weight is non-finite", lr_at(max(step - 1, 0), cfg))
             rng = rng_states(accelerator)  # every process's (a collective)
+            if nproc > 1:  # collectives: every process checkpoints
+                _check_in_sync(accelerator, model, step)
+                skipped_here = int(accelerator.reduce(torch.tensor([skipped_here], device=device), "sum").item())
+            data_skipped, skipped_here = data_skipped + skipped_here, 0
             if main:
                 state = {"step": step, "elapsed_s": elapsed, "samples_seen": samples_seen, "num_processes": nproc,
-                         "stage": stage.name, "config": cfg.to_dict()}
+                         "data_skipped": data_skipped, "stage": stage.name, "config": cfg.to_dict()}
                 save_checkpoint(run_dir, model, ema, optimizer, state, rng)
 
         def side_task(fn, *args):
@@ -630,6 +670,7 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                 for _ in range(cfg.grad_accum_steps):
                     try:
                         batch = _to_device(next(batches), device)
+                        skipped_here += count_skipped(batch)
                     except StopIteration:
                         raise DataError(f"the training data ended at step {step}: a streaming dataset must be "
                                         "endless (webdataset: .repeat() or resampled shards)") from None
@@ -690,7 +731,9 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         if step > last_ckpt or not checkpointed:
             checkpoint()
         run = {"num_processes": nproc, "distributed": str(accelerator.distributed_type.value),
-               "global_batch_size": samples_per_step, "samples_seen": samples_seen}
+               "global_batch_size": samples_per_step, "samples_seen": samples_seen, "data_skipped": data_skipped}
+        if nproc > 1:
+            run["processes_in_sync"] = True  # checked at every checkpoint, the last one included (else: raised)
         if stopped == "interrupted":
             summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
                        "run_dir": str(run_dir), **run}
@@ -703,7 +746,7 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         log = _JsonLog(run_dir / "log.jsonl", None, main)
         export_model, metrics = model, stage.evaluate(model, frozen) if main else {}
         run = {"num_processes": nproc, "distributed": str(accelerator.distributed_type.value),
-               "global_batch_size": 0, "samples_seen": 0}
+               "global_batch_size": 0, "samples_seen": 0, "data_skipped": 0}
 
     # 5. export the deployable component (EMA weights): once, by the main process
     summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
@@ -732,5 +775,5 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
     return out
 
 
-__all__ = ["EMA", "DivergedError", "RunDirBusyError", "Stage", "call_method", "default_export_dir", "find_checkpoint",
-           "load_checkpoint", "lr_at", "make_grid", "rng_states", "save_checkpoint", "train"]
+__all__ = ["EMA", "DivergedError", "OutOfSyncError", "RunDirBusyError", "Stage", "call_method", "default_export_dir", "find_checkpoint",
+           "load_checkpoint", "lr_at", "make_grid", "rng_states", "save_checkpoint", "train", "weight_fingerprint"]

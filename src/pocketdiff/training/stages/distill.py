@@ -36,7 +36,7 @@ from typing import Literal
 
 import torch
 
-from pocketdiff.data.batches import count_skipped, image_fields, image_stream, open_dataset
+from pocketdiff.data.batches import image_fields, image_stream, open_dataset
 from pocketdiff.diffusion import batch_latents, seeded_randn
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
@@ -52,7 +52,6 @@ class DistillStage(Stage):
     """SnapFusion's CFG-aware step distillation: a student UNet taking one DDIM step for the teacher's two."""
 
     name = "distill"
-    data_skipped = 0  # bad examples (corrupt image, no caption, empty shard) dropped so far: in the summary
 
     @dataclass
     class Options:
@@ -137,7 +136,6 @@ class DistillStage(Stage):
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
 
-        self.data_skipped += count_skipped(batch)
         vae, te = frozen["vae"], frozen["text_encoder"]
         with torch.no_grad():
             x = batch_latents(vae, batch, self.opts.latent_sample)
@@ -167,8 +165,7 @@ class DistillStage(Stage):
 
     def evaluate(self, models, frozen):
         pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
-        return {**heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.student_steps, self.opts.eval_guidance),
-                "data_skipped": self.data_skipped}
+        return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.student_steps, self.opts.eval_guidance)
 
     def export(self, models, frozen, export_dir):
         save_unet(models["unet"], export_dir, {"distillation.json": {

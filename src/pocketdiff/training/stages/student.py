@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import count_skipped, image_fields, image_stream, open_dataset
+from pocketdiff.data.batches import image_fields, image_stream, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.models import init_student, load_teacher, save_unet
@@ -47,7 +47,6 @@ class StudentStage(Stage):
     """A student UNet distilled from the teacher (task + output + feature losses), optionally robust-trained."""
 
     name = "student"
-    data_skipped = 0  # bad examples (corrupt image, no caption, empty shard) dropped so far: in the summary
     find_unused_parameters = True  # robust training drops blocks: their parameters get no gradient that step
 
     @dataclass
@@ -115,7 +114,6 @@ class StudentStage(Stage):
 
         from pocketdiff.text.clip import encode_prompts
 
-        self.data_skipped += count_skipped(batch)
         wrapped = models["unet"]  # called (DDP: gradients averaged); its attributes are set on the module inside
         student = getattr(wrapped, "module", wrapped)
         teacher = frozen["teacher"]
@@ -156,8 +154,7 @@ class StudentStage(Stage):
 
     def evaluate(self, models, frozen):
         pipe = monitor_pipeline(models["unet"], frozen, self.tokenizer, self.sched_config)
-        return {**heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.eval_steps, self.opts.eval_guidance),
-                "data_skipped": self.data_skipped}
+        return heldout_accuracy(pipe, self.opts.eval_prompts, self.opts.eval_steps, self.opts.eval_guidance)
 
     def export(self, models, frozen, export_dir):
         save_unet(models["unet"], export_dir, {"student.json": {"method": "kd+robust-training", **asdict(self.opts)}})

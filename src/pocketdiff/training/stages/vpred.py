@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.data.batches import count_skipped, image_fields, image_stream, open_dataset
+from pocketdiff.data.batches import image_fields, image_stream, open_dataset
 from pocketdiff.diffusion import noised_latents
 from pocketdiff.errors import ConfigError
 from pocketdiff.training.loop import Stage
@@ -49,7 +49,6 @@ class VPredStage(Stage):
     """Fine-tune an epsilon-prediction teacher (SD-1.5) to predict v (SnapFusion's first step)."""
 
     name = "vpred"
-    data_skipped = 0  # bad examples (corrupt image, no caption, empty shard) dropped so far: in the summary
 
     @dataclass
     class Options:
@@ -106,13 +105,9 @@ class VPredStage(Stage):
                 "t": int(rng.integers(0, self.scheduler.config.num_train_timesteps)),
                 "noise_seed": int(rng.integers(2**62))}
 
-    def evaluate(self, models, frozen):
-        return {"data_skipped": self.data_skipped}
-
     def compute_loss(self, models, frozen, batch):
         from pocketdiff.text.clip import encode_prompts
 
-        self.data_skipped += count_skipped(batch)
         x0, noise, t, z_t = noised_latents(self.scheduler, frozen["vae"], batch, self.opts.latent_sample)
         with torch.no_grad():
             ctx = encode_prompts(self.tokenizer, frozen["text_encoder"], batch["caption"])
