@@ -90,12 +90,13 @@ def test_hinge_loss_and_every_head_start_at_zero_logits(quick_model_dir, head):
 def test_collapse_stops_the_run_with_a_clear_message(quick_model_dir):
     stage = quick_stage(quick_model_dir, collapse_window=3)
     stage.build_frozen()
-    ok = {"l_adv": 0.7, "l_rec": 0.1, "diversity": 0.9, "d_acc_real": 0.6, "d_acc_fake": 0.6}
+    ok = {"l_adv": 0.7, "l_rec": 0.1, "diversity": 0.9, "seed_diversity": 0.9, "d_acc_real": 0.6, "d_acc_fake": 0.6}
+    stage.step = stage.opts.collapse_grace_steps
     for _ in range(5):
         stage._check_collapse(ok, torch.tensor(1.0))
     with pytest.raises(TrainingCollapsedError, match="mode collapse.*w_rec"):
         for _ in range(3):
-            stage._check_collapse({**ok, "diversity": 0.01}, torch.tensor(1.0))
+            stage._check_collapse({**ok, "seed_diversity": 0.01}, torch.tensor(1.0))
     stage = quick_stage(quick_model_dir, collapse_window=3)
     stage.build_frozen()
     with pytest.raises(TrainingCollapsedError, match="discriminator has won"):
@@ -103,6 +104,36 @@ def test_collapse_stops_the_run_with_a_clear_message(quick_model_dir):
             stage._check_collapse({**ok, "d_acc_real": 1.0, "d_acc_fake": 1.0}, torch.tensor(1.0))
     with pytest.raises(TrainingCollapsedError, match="nan"):
         stage._check_collapse(ok, torch.tensor(float("nan")))
+
+
+def test_collapse_is_spread_across_seeds_of_a_prompt_not_across_prompts(quick_model_dir):
+    # a one-step generator that ignores its noise gives one picture per prompt: its outputs still differ across the
+    # batch's prompts (the spread the check used to measure), but not across seeds of one prompt
+    class NoiseBlind(torch.nn.Module):
+        def __init__(self, g):
+            super().__init__()
+            self.g = g
+
+        def forward(self, x, t, ctx):
+            return self.g(torch.zeros_like(x), t, ctx)
+
+    stage = quick_stage(quick_model_dir, collapse_window=2, collapse_grace_steps=2, cfg_dropout=0.0)
+    models = torch.nn.ModuleDict(stage.build())
+    frozen = stage.build_frozen()
+    blind = torch.nn.ModuleDict({"generator": NoiseBlind(models["generator"]),
+                                 "discriminator": models["discriminator"]})
+    logs = []
+    with pytest.raises(TrainingCollapsedError, match="differ across seeds"):
+        for step in range(4):
+            stage.step = step
+            logs.append(stage.compute_loss(blind, frozen, stage.batch_at(step))[1])
+    assert len(logs) == 2  # steps 0 and 1 pass (grace); it fires at step 2 with a full window
+    assert all(r["seed_diversity"] < 1e-3 < stage.opts.collapse_min_diversity < r["diversity"] for r in logs)
+    stage = quick_stage(quick_model_dir, collapse_window=2, collapse_grace_steps=0)
+    models = torch.nn.ModuleDict(stage.build())
+    for step in range(3):  # the generator itself (noise in, x0' out) spreads across seeds: no collapse
+        stage.step = step
+        assert stage.compute_loss(models, frozen, stage.batch_at(step))[1]["seed_diversity"] > 0
 
 
 def test_bad_options_are_clear_errors(quick_model_dir):

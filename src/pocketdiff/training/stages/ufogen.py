@@ -28,11 +28,16 @@ optimiser step from one batch (the reference code draws a second batch for D fir
 v-MSE (the parent's own training loss: ||x0 - x0'||^2 / sigma_t^2); captions are dropped to "" with `cfg_dropout`
 (0.1, as the parent was trained) so that classifier-free guidance still works at sampling.
 
-Monitoring: l_adv, l_rec, l_d, the discriminator's accuracy on real and fake (logit > 0 / < 0), and `diversity`:
-the mean pairwise distance of G's x0' across the batch over that of the real x0. Collapse detection (`collapse_*`)
-stops the run with `TrainingCollapsedError` when, averaged over `collapse_window` steps, the diversity ratio falls
-below `collapse_min_diversity` (G maps every input to few outputs), D classifies both real and fake above
-`collapse_d_acc` (D has won; G's adversarial gradient is saturated), or a loss is not finite. Sample with the UFOGen
+Monitoring: l_adv, l_rec, l_d, the discriminator's accuracy on real and fake (logit > 0 / < 0), `diversity` (the
+mean pairwise distance of G's x0' across the batch over that of the real x0: spread across prompts) and
+`seed_diversity`: G's one-step x0' = G(x_T, T) for `collapse_seeds` noise draws of each of the batch's first
+`collapse_prompts` captions, the mean pairwise distance among a caption's draws over the real batch spread (spread
+across seeds of one prompt: what a one-step generator that gives one picture per prompt lacks, while its spread across
+prompts stays high). Collapse detection (`collapse_*`) stops the run with `TrainingCollapsedError` when, averaged over
+`collapse_window` steps, the seed diversity falls below `collapse_min_diversity` (checked from `collapse_grace_steps`
+after D's warm-up: G starts as a diffusion model, whose one-step x0' is the caption's conditional mean, the same for
+every seed), D classifies both real and fake above `collapse_d_acc` (D has won; G's adversarial gradient is
+saturated), or a loss is not finite. Sample with the UFOGen
 scheduler (`pocketdiff.sampling.ufogen`, `--scheduler ufogen`): 1 step x0 = G(x_T, T), or predict-x0-and-re-noise
 at 2 and 4 steps.
 """
@@ -143,7 +148,10 @@ class UFOGenStage(Stage):
         # collapse detection (averages over the last collapse_window steps)
         collapse_check: bool = True
         collapse_window: int = 50
-        collapse_min_diversity: float = 0.25
+        collapse_min_diversity: float = 0.2  # seed diversity (spread across seeds of a prompt / real batch spread)
+        collapse_prompts: int = 2  # captions per step for the seed diversity (one-step x0' at t = T-1) ...
+        collapse_seeds: int = 4  # ... and noise draws per caption (1: not measured)
+        collapse_grace_steps: int = 200  # G steps (after D's warm-up) before the seed diversity is checked
         collapse_d_acc: float = 0.995
         # monitoring (1-step samples, held-out accuracy; 0 prompts: no evaluation)
         eval_prompts: int = 48
@@ -172,8 +180,11 @@ class UFOGenStage(Stage):
                 raise ConfigError(f"cfg_dropout: {self.cfg_dropout} must be in [0, 1)")
             if len(self.d_betas) != 2 or not all(0 <= b < 1 for b in self.d_betas):
                 raise ConfigError(f"d_betas: {self.d_betas} must be two numbers in [0, 1)")
-            if self.collapse_window < 1:
-                raise ConfigError(f"collapse_window: {self.collapse_window} must be >= 1")
+            for name in ("collapse_window", "collapse_prompts", "collapse_seeds"):
+                if getattr(self, name) < 1:
+                    raise ConfigError(f"{name}: {getattr(self, name)} must be >= 1")
+            if self.collapse_grace_steps < 0:
+                raise ConfigError(f"collapse_grace_steps: {self.collapse_grace_steps} must be >= 0")
 
     # ------------------------------------------------------------------ setup
     def build_frozen(self):
@@ -269,10 +280,26 @@ class UFOGenStage(Stage):
             logs.update(l_d=l_d.item(), d_acc_real=(l_real > 0).float().mean().item(),
                         d_acc_fake=(l_fake < 0).float().mean().item())
         with torch.no_grad():
-            real_spread = pairwise_spread(x0)
-            logs["diversity"] = (pairwise_spread(x0_fake) / real_spread.clamp(min=1e-8)).item()
+            real_spread = pairwise_spread(x0).clamp(min=1e-8)
+            logs["diversity"] = (pairwise_spread(x0_fake) / real_spread).item()
+            if o.collapse_seeds > 1 and not warmup:
+                logs["seed_diversity"] = (self.seed_spread(G, ctx, x0.shape[1:], int(batch["noise_seed"][0]))
+                                          / real_spread).item()
         self._check_collapse(logs, loss)
         return loss, logs
+
+    def seed_spread(self, G, ctx: torch.Tensor, shape, seed: int) -> torch.Tensor:
+        """Mean over the first `collapse_prompts` captions of the pairwise distance among G's one-step x0' for
+        `collapse_seeds` noise draws each (x_T at t = T-1, as the one-step sampler runs it)."""
+        o = self.opts
+        k, n = min(o.collapse_prompts, ctx.shape[0]), o.collapse_seeds
+        T = self.scheduler.config.num_train_timesteps
+        z = seeded_randn(torch.arange(k * n) + seed, tuple(shape)).to(ctx)
+        t = torch.full((k * n,), T - 1, device=ctx.device, dtype=torch.long)
+        v = G(z, t, ctx[:k].repeat_interleave(n, 0)).sample.float()
+        a = self.scheduler.alphas_cumprod.to(ctx.device)[T - 1]
+        x0 = (a.sqrt() * z.float() - (1 - a).sqrt() * v).view(k, n, -1)
+        return torch.stack([pairwise_spread(x) for x in x0]).mean()
 
     def _check_collapse(self, logs: dict, loss: torch.Tensor) -> None:
         o = self.opts
@@ -289,13 +316,15 @@ class UFOGenStage(Stage):
         if len(self._recent) < o.collapse_window:
             return
         mean = lambda k: sum(r[k] for r in self._recent if k in r) / max(1, sum(k in r for r in self._recent))  # noqa: E731
-        div = mean("diversity")
-        if div < o.collapse_min_diversity:
+        div = mean("seed_diversity")
+        if (self.step >= o.d_warmup_steps + o.collapse_grace_steps and any("seed_diversity" in r for r in self._recent)
+                and div < o.collapse_min_diversity):
             raise TrainingCollapsedError(
-                f"ufogen: mode collapse at step {self.step}: G's outputs spread {div:.3f}x as much as the real "
-                f"latents over the last {o.collapse_window} steps (limit {o.collapse_min_diversity}); raise "
-                "options.w_rec, lower options.w_adv or the lr, and resume from an earlier checkpoint (or set "
-                "options.collapse_check=false to train on)")
+                f"ufogen: mode collapse at step {self.step}: G's one-step images of one prompt differ across seeds "
+                f"{div:.3f}x as much as real latents differ across a batch, over the last {o.collapse_window} steps "
+                f"(limit {o.collapse_min_diversity}): one picture per prompt, the conditional mean that the "
+                "reconstruction loss pulls to. Lower options.w_rec or raise options.w_adv, or lower the lr and resume "
+                "from an earlier checkpoint (or set options.collapse_check=false to train on)")
         acc_r, acc_f = mean("d_acc_real"), mean("d_acc_fake")
         if any("d_acc_real" in r for r in self._recent) and min(acc_r, acc_f) > o.collapse_d_acc:
             raise TrainingCollapsedError(
