@@ -219,3 +219,30 @@ def test_resolve_dtype():
     with pytest.raises(DTypeError, match="fp32") as e:
         resolve_dtype("fp16")
     assert isinstance(e.value, PocketDiffError)
+
+
+# ------------------------------------------------------------------ the export runtimes as bench backends
+
+def test_runtime_backends_match_eager():
+    """A runtime backend exports the component fp32 and runs it: the same outputs as eager (so its timings are of the
+    same network); bf16 is refused naming the fix; a run's rows carry the backend (`variants`)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from pocketdiff.bench import components as C
+    from pocketdiff.bench.backends import prepare
+
+    module, args = C.build_unet("mobilediffusion", width=0.1), C.unet_inputs(2, 8, width=0.1)
+    with torch.inference_mode():
+        ref = module(*args).sample
+    # the UNet (an output object, three inputs) through OpenVINO, which runs the exported ONNX file: one export covers
+    # the export path of both ONNX runtimes (onnxruntime's runner is tests/export's); exports cost CI time
+    for backend in ("openvino",):
+        fn, prep_s = prepare(backend, module, args, torch.float32)
+        got = fn(*args)
+        assert prep_s > 0 and got.shape == tuple(ref.shape) and float(ref.abs().max()) > 1e-2
+        assert abs(got - ref.numpy()).max() <= 1e-3 * max(1.0, float(ref.abs().max())), backend
+        with pytest.raises(BackendError, match="--dtype fp32"):
+            prepare(backend, module, args, torch.bfloat16)
+    configs = variants(["snapfusion-8"], ["fp32"], ["onnxruntime", "openvino"], native=False)
+    assert [(c.name, c.backend) for c in configs] == [("snapfusion-8@fp32-onnxruntime", "onnxruntime"),
+                                                      ("snapfusion-8@fp32-openvino", "openvino")]

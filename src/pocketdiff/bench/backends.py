@@ -5,9 +5,13 @@ A backend turns a torch module, example inputs and a dtype into a callable that 
 - `eager`: the module in `dtype`, `torch.inference_mode()`;
 - `eager-cl`: the same with channels_last weights and 4-D inputs (oneDNN's preferred conv layout on CPUs);
 - `compile`: `torch.compile(module)` (inductor), compiled during preparation, so compile time is not in the timings
-  (it is recorded as `prepare_s`).
+  (it is recorded as `prepare_s`);
+- `onnxruntime`, `openvino`, `executorch`: the module exported fp32 with `pocketdiff.export`'s exporters into a
+  temporary directory during preparation (export time is `prepare_s`) and run by the runtime: onnxruntime on the ONNX
+  graph, OpenVINO compiling that same ONNX file (as `--backend auto` does), ExecuTorch a static-shape `.pte` with the
+  XNNPACK delegate at the task's batch. fp32 only; available where the `export` extra is installed.
 
-Others register themselves: `register_backend("onnxruntime", prepare_fn, available=lambda: ...)`, where
+Others register the same way: `register_backend(name, prepare_fn, available=lambda: ...)`, where
 `prepare_fn(module, example_args, dtype) -> callable(*args)`.
 """
 
@@ -91,9 +95,74 @@ def _compile(module: nn.Module, example: tuple, dtype: torch.dtype) -> Callable[
     return run
 
 
+class _Tensors(nn.Module):
+    """A component whose forward returns an output object (a UNet's `.sample`), as a tensor-out module to export."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.m = module
+
+    def forward(self, x, timestep=None, context=None):  # named: torch.export cannot take *args
+        out = self.m(x) if timestep is None else self.m(x, timestep, context)
+        if isinstance(out, torch.Tensor):
+            return out
+        return out.sample if hasattr(out, "sample") else out[0]
+
+
+def _network(example: tuple) -> str:
+    """Which of the exporter's networks (its input/output names) a bench component is, from its inputs."""
+    if len(example) == 3:
+        return "unet"
+    return "decoder" if example[0].is_floating_point() else "text_encoder"
+
+
+def _runtime(fmt: str):
+    def prepare_fn(module: nn.Module, example: tuple, dtype: torch.dtype) -> Callable[..., Any]:
+        import tempfile
+        from pathlib import Path
+
+        from ..export.common import require_runtime
+        from ..export.runtimes import export_executorch, export_onnx, load_runner
+
+        if dtype != torch.float32:
+            raise BackendError(f"backend {_NAMES[fmt]!r} runs fp32 exports here; use --dtype fp32 with it")
+        require_runtime(fmt)
+        net, work = _Tensors(module.eval()), tempfile.TemporaryDirectory(prefix=f"bench_{fmt}_")
+        root = Path(work.name)
+        if fmt == "executorch":
+            export_executorch(net, example, root / "net.pte")
+            files = {str(example[0].shape[0]): "net.pte"}
+        else:
+            export_onnx(net, _network(example), example, root / "net.onnx")
+            files = {"any": "net.onnx"}
+        runner = load_runner(fmt, files, root)
+
+        def run(*args):
+            return runner(*[a.numpy() for a in args])
+
+        run.work = work  # the exported files live as long as the callable
+        return run
+    return prepare_fn
+
+
+def _installed(fmt: str) -> Callable[[], bool]:
+    def check() -> bool:
+        import importlib.util
+
+        from ..export.common import RUNTIME_MODULES
+
+        return all(importlib.util.find_spec(m) is not None for m, _ in RUNTIME_MODULES[fmt])
+    return check
+
+
+_NAMES = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
+
 register_backend("eager", _eager, note="torch eager")
 register_backend("eager-cl", _eager_cl, note="torch eager, channels_last")
 register_backend("compile", _compile, note="torch.compile (inductor); compile time excluded, recorded")
+for _fmt, _name in _NAMES.items():
+    register_backend(_name, _runtime(_fmt), _installed(_fmt),
+                     note=f"{_name}, fp32 export (pip install 'pocketdiff[export]'); export time excluded, recorded")
 
 
 def prepare(name: str, module: nn.Module, example: tuple, dtype: torch.dtype) -> tuple[Callable[..., Any], float]:

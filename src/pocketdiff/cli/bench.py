@@ -1,6 +1,6 @@
 """`pocketdiff bench`: how long one 512px image takes, end to end, with each configuration on this machine.
 
-    pocketdiff bench [--config NAME ...] [--dtype auto|fp32|bf16 ...] [--backend eager|eager-cl|compile ...]
+    pocketdiff bench [--config NAME ...] [--dtype auto|fp32|bf16 ...] [--backend eager|eager-cl|compile|onnxruntime|openvino|executorch ...]
         [--resolution 512 ...] [--batch 1 ...] [--runs 3] [--warmup 1] [--threads T] [--json PATH] [--plot PNG]
     pocketdiff bench --list
 """
@@ -42,8 +42,9 @@ def bench(
     config: list[str] = typer.Option(None, "--config", "-c", help="configuration names (default: the standard set; "
                                      "see --list); comma-separated or repeated"),
     dtype: list[str] = typer.Option(None, "--dtype", help="auto | fp32 | bf16, one or more (not the baseline)"),
-    backend: list[str] = typer.Option(None, "--backend", help="eager | eager-cl | compile (+ registered ones), one "
-                                      "or more (not the baseline)"),
+    backend: list[str] = typer.Option(None, "--backend", help="eager | eager-cl | compile | onnxruntime | "
+                                      "openvino | executorch (fp32 exports, export time excluded), one or more (not "
+                                      "the baseline)"),
     resolution: list[str] = typer.Option(["512"], "--resolution", help="image side in pixels, one or more"),
     batch: list[str] = typer.Option(["1"], "--batch", help="images per call, one or more"),
     runs: int = typer.Option(3, "--runs"),
