@@ -64,6 +64,19 @@ def test_a_copy_of_the_teacher_without_dropping_has_zero_distillation_loss(quick
     assert logs["l_out"] == pytest.approx(0, abs=1e-10) and logs["l_feat"] == pytest.approx(0, abs=1e-10)
 
 
+def test_attention_option_converts_the_student_keeping_every_weight(quick_model_dir):
+    from pocketdiff.arch.blocks import Attention
+
+    stage = quick_stage(quick_model_dir, attention="relu")
+    student, teacher = stage.build()["unet"], stage.build_frozen()["teacher"]
+    kinds = {m.kind for m in student.modules() if isinstance(m, Attention)}
+    assert kinds == {"relu"} and {m.kind for m in teacher.modules() if isinstance(m, Attention)} == {"softmax"}
+    t_sd = teacher.state_dict()
+    assert all(torch.equal(p, t_sd[n]) for n, p in student.state_dict().items())
+    with pytest.raises(ConfigError, match="attention"):
+        quick_stage(quick_model_dir, attention="linear")
+
+
 def test_bad_drop_probability_is_a_clear_error(quick_model_dir):
     with pytest.raises(ConfigError, match="p_drop_tf"):
         quick_stage(quick_model_dir, p_drop_tf=1.5)

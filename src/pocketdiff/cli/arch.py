@@ -157,7 +157,7 @@ def relu_cmd(
 ) -> None:
     """Switch every transformer's attention to ReLU attention (MobileDiffusion), keeping all weights.
 
-    Fine-tune it after, by KD from its softmax parent:
+    Fine-tune it after, by KD from its softmax parent (or convert and fine-tune in one: --arch PARENT --attention relu):
     pocketdiff train student --teacher models/shapes --teacher-unet PARENT --arch OUT --p-drop-tf 0 --p-drop-res 0
     """
     from ..arch.convert import with_attention

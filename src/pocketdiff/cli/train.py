@@ -104,6 +104,9 @@ def student(
     teacher_unet: Path = typer.Option(None, "--teacher-unet", help="teach with this UNet dir instead of TEACHER/unet"),
     p_drop_tf: float = typer.Option(None, help="robust training: P(transformer block -> identity) per step"),
     p_drop_res: float = typer.Option(None, help="robust training: P(ResNet block -> identity) per step"),
+    attention: str = typer.Option(None, "--attention", help="relu | softmax: switch the student's attention (same "
+                                  "weights) before training; with --arch PARENT --teacher-unet PARENT: MobileDiffusion's "
+                                  "ReLU fine-tune"),
     config: str = typer.Option(None, "--config", "-c", help="shipped config NAME or YAML PATH [default: student]"),
     preset: str = typer.Option(None, "--preset", "-p"),
     out: Path = typer.Option(None, "--out", "-o", help="run directory for checkpoints and log.jsonl"),
@@ -114,7 +117,7 @@ def student(
 ) -> None:
     """Distil a student UNet from the teacher (task + output + feature losses) with robust training."""
     flags = {"teacher_dir": teacher and str(teacher), "teacher_unet": teacher_unet and str(teacher_unet), "arch": arch,
-             "p_drop_tf": p_drop_tf, "p_drop_res": p_drop_res}
+             "p_drop_tf": p_drop_tf, "p_drop_res": p_drop_res, "attention": attention}
     overrides = parse_set(set_)
     overrides.setdefault("options", {}).update({k: v for k, v in flags.items() if v is not None})
     if export is not None:

@@ -2,6 +2,8 @@
 
     pocketdiff train student --teacher models/shapes --arch mobilediffusion      # any preset, spec file or UNet dir
     pocketdiff train student --teacher models/shapes --p-drop-tf 0.1 --p-drop-res 0.05   # robust training
+    pocketdiff train student --teacher models/shapes --teacher-unet models/shapes/unet_s8 \
+        --arch models/shapes/unet_s8 --attention relu --p-drop-tf 0 --p-drop-res 0      # ReLU attention fine-tune
 
 The student is initialised from the teacher's blocks (`init_from_teacher`: kept blocks copied, added ones
 duplicated) or continues a saved FlexUNet directory (`arch: DIR`, e.g. a round of `pocketdiff evolve`). Each step
@@ -56,6 +58,7 @@ class StudentStage(Stage):
         arch: str | None = None  # None: the teacher's own spec | preset name | spec file | FlexUNet directory
         student_depth: float = 1.0  # for a preset student (its width follows the teacher's channels)
         partial_init: bool = True  # blocks no teacher block fits start from a sliced teacher block (arch.convert)
+        attention: str | None = None  # relu | softmax: switch every transformer of the student, same weights
         w_task: float = 1.0
         w_out: float = 1.0
         w_feat: float = 1.0
@@ -78,6 +81,8 @@ class StudentStage(Stage):
             for name in ("w_task", "w_out", "w_feat"):
                 if getattr(self, name) < 0:
                     raise ConfigError(f"{name}: {getattr(self, name)} must be >= 0")
+            if self.attention not in (None, "relu", "softmax"):
+                raise ConfigError(f"attention: {self.attention!r} must be relu, softmax or null (keep the student's)")
 
     # ------------------------------------------------------------------ setup
     def build_frozen(self):
@@ -93,6 +98,10 @@ class StudentStage(Stage):
     def build(self):
         teacher = self.build_frozen()["teacher"]
         student = init_student(teacher, self.opts.arch, self.opts.student_depth, self.opts.partial_init)
+        if self.opts.attention:  # MobileDiffusion's softmax -> ReLU fine-tune: convert, then KD from the parent
+            from pocketdiff.arch.convert import with_attention
+
+            student = with_attention(student, self.opts.attention)
         if student.config.in_channels != teacher.config.in_channels:
             raise ConfigError(f"options.arch: the student takes {student.config.in_channels} latent channels, the "
                               f"teacher {teacher.config.in_channels}")
