@@ -7,6 +7,10 @@ trained weights of every process (they must be identical).
 Builds a quick model directory (tokenizer, clip, vae, teacher) in ROOT/model, then trains student, distill, ufogen
 and decoder from it. Each process writes its trained modules to ROOT/runs/STAGE/weights_rankK.safetensors; the main
 process writes, per stage, the `--json` summary's num_processes and the largest weight difference between processes.
+
+`--fsdp`: each stage is trained a second time under FSDP2 (`pocketdiff.testing.force_fsdp_on_cpu`: the shipped
+fsdp-8gpu.yaml's settings, Accelerate's state switched to FSDP on the CPU) into ROOT/runs/STAGE_fsdp; the report adds
+the largest difference between its checkpoint (model and EMA) and the DDP run's, or that the stage refused FSDP.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, required=True)
     ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--fsdp", action="store_true", help="also train each stage under FSDP2 and compare with DDP")
     a = ap.parse_args()
     from pocketdiff.cli import main as cli
 
@@ -73,6 +78,22 @@ def main() -> None:
                        for n, v in getattr(mod, "module", mod).state_dict().items()}
             save_file(weights, str(out / f"weights_rank{RANK}.safetensors"))
         results[stage] = out
+        if a.fsdp:  # the same run under FSDP2, into STAGE_fsdp (the next stages keep reading the DDP run's exports)
+            from pocketdiff.testing import force_fsdp_on_cpu
+
+            fsdp_argv = list(argv)
+            for flag in ("--out", "--export", "--json"):
+                i = fsdp_argv.index(flag) + 1
+                fsdp_argv[i] = str(a.root / "runs" / f"{stage}_fsdp{Path(fsdp_argv[i]).suffix}")
+            fsdp_argv[fsdp_argv.index("--export") + 1] = str(a.root / "runs" / f"export_{stage}_fsdp")
+            undo = force_fsdp_on_cpu()
+            try:
+                cli(fsdp_argv)
+            except SystemExit as e:
+                if e.code not in (None, 0, 2):  # 2: the stage refused FSDP (its message on stderr)
+                    raise
+            finally:
+                undo()
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -90,6 +111,17 @@ def main() -> None:
                        for f in files[1:]) if len(files) > 1 else 0.0
         report[stage] = {"num_processes": summary["num_processes"], "steps": summary["step"],
                          "processes_compared": len(files), "max_weight_diff_between_processes": diff}
+        if a.fsdp:
+            fsdp_run = out.parent / f"{stage}_fsdp"
+            if not (fsdp_run.parent / f"{stage}_fsdp.json").is_file():
+                report[stage]["fsdp"] = "refused"
+                continue
+            fsdp = {"distributed": json.loads((fsdp_run.parent / f"{stage}_fsdp.json").read_text())["distributed"]}
+            for f in ("model", "ema"):
+                ddp_w, fsdp_w = (load_file(str(d / "checkpoint" / f"{f}.safetensors")) for d in (out, fsdp_run))
+                fsdp[f"max_{f}_diff_vs_ddp"] = max((fsdp_w[k].float() - ddp_w[k].float()).abs().max().item()
+                                                   for k in ddp_w)
+            report[stage]["fsdp"] = fsdp
     from pocketdiff.io import write_text_atomic
 
     write_text_atomic(a.json, json.dumps(report, indent=1))

@@ -213,6 +213,40 @@ def make_inception_standin(path: str | Path, seed: int = 0) -> Path:
     return Path(path)
 
 
+def force_fsdp_on_cpu():
+    """Make the trainer's Accelerator an FSDP2 one on the CPU, with the FSDP settings of the shipped
+    pocketdiff/configs/accelerate/fsdp-8gpu.yaml, as a GPU launch with that file makes it: Accelerate
+    1.15 sets FSDP up only on accelerator devices (accelerate/state.py: `AcceleratorState.__init__` turns a launch into
+    FSDP only from the MULTI_GPU-like types, a CPU launch is MULTI_CPU), while torch's FSDP2 (`fully_shard`) and
+    Accelerate's FSDP2 preparation and state-dict calls run on gloo. Returns the undo."""
+    from importlib.resources import files
+
+    import yaml
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from pocketdiff.training import loop
+
+    shipped = yaml.safe_load((files("pocketdiff") / "configs/accelerate/fsdp-8gpu.yaml").read_text())
+    assert shipped["distributed_type"] == "FSDP"
+    conf = shipped["fsdp_config"]  # the shipped launch config's FSDP settings, as `accelerate launch` passes them
+    made = loop._make_accelerator
+
+    def fsdp_accelerator(*args, **kwargs):
+        accelerator = made(*args, **kwargs)
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=conf["fsdp_version"], auto_wrap_policy=conf["fsdp_auto_wrap_policy"].lower(),
+            reshard_after_forward=conf["fsdp_reshard_after_forward"], state_dict_type=conf["fsdp_state_dict_type"],
+            cpu_offload=conf["fsdp_offload_params"], cpu_ram_efficient_loading=conf["fsdp_cpu_ram_efficient_loading"],
+            activation_checkpointing=conf["fsdp_activation_checkpointing"])
+        for state in (AcceleratorState, PartialState):
+            state._shared_state["distributed_type"] = DistributedType.FSDP
+        return accelerator
+
+    loop._make_accelerator = fsdp_accelerator
+    return lambda: setattr(loop, "_make_accelerator", made)
+
+
 def free_port() -> int:
     """A free TCP port on this machine, for an `accelerate launch --main_process_port` in a test (not torchrun's
     default 29500: another run on the machine may hold it)."""
@@ -238,5 +272,5 @@ def toy_regression_stream(seed: int, dim: int, bad_every: int = 0):
     return seeded_stream(seed, make, [None if j % bad_every == 0 else {"ok": True} for j in range(64)])
 
 
-__all__ = ["bpe_vocab", "free_port", "make_caption_folder", "make_clip_dir", "make_inception_standin", "make_sd15_dir",
-           "toy_regression_stream", "write_clip_tokenizer"]
+__all__ = ["bpe_vocab", "force_fsdp_on_cpu", "free_port", "make_caption_folder", "make_clip_dir",
+           "make_inception_standin", "make_sd15_dir", "toy_regression_stream", "write_clip_tokenizer"]

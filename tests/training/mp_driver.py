@@ -4,8 +4,9 @@
     accelerate launch --multi_gpu --num_processes 2 tests/training/mp_driver.py train toy --out RUN ... [--then ...]
 
 (`ACCELERATE_USE_CPU=true`: gloo on the CPU). `--then` separates several runs made one after the other by the same
-processes (each launch costs ~10 s of imports on a 2-core machine); a run that starts with `--may-fail` may exit 2
-(the error is on stderr) and the next one still runs.
+processes (each launch costs ~10 s of imports on a 2-core machine); a run that starts with `--may-fail` may exit
+non-zero (an error on stderr, exit 2; an interrupted run, 130) and the next one still runs; one that starts with
+`--fsdp` (after `--may-fail`, if both) runs under FSDP2 (`pocketdiff.testing.force_fsdp_on_cpu`).
 
 The stage: noisy linear regression, examples from the seeded stream, optional noise from the torch RNG (each
 process's own stream: it must resume too). `options.kill_at_step` SIGKILLs process 1 during that step (as the OOM
@@ -26,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pocketdiff.io import atomic_dir
+from pocketdiff.testing import force_fsdp_on_cpu
 from pocketdiff.training.loop import Stage
 from pocketdiff.training.stages import STAGES
 
@@ -43,6 +45,7 @@ class ToyStage(Stage):
         kill_at_step: int | None = None
         bad_every: int = 0  # every k-th item of the data source is bad (skipped and counted)
         desync_at_step: int | None = None  # process 1 changes a weight outside DDP during that step
+        term_at_step: int | None = None  # process 1 gets SIGTERM during that step (a graceful stop of both)
 
     def build(self):
         ToyStage.instances.append(self)
@@ -56,6 +59,8 @@ class ToyStage(Stage):
     def compute_loss(self, models, frozen, batch):
         if self.step == self.opts.kill_at_step and RANK == 1:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.step == self.opts.term_at_step and RANK == 1:
+            signal.raise_signal(signal.SIGTERM)
         if self.step == self.opts.desync_at_step and RANK == 1:
             with torch.no_grad():
                 next(models["net"].parameters()).add_(1e-3)
@@ -74,6 +79,7 @@ class ToyStage(Stage):
 
 
 STAGES["toy"] = ToyStage
+ToyStage.fsdp = True  # one module, every parameter used every step
 
 if __name__ == "__main__":
     from pocketdiff.cli import main
@@ -87,13 +93,21 @@ if __name__ == "__main__":
     for argv in runs:
         may_fail = argv[:1] == ["--may-fail"]
         argv = argv[1:] if may_fail else argv
+        fsdp = argv[:1] == ["--fsdp"]
+        argv = argv[1:] if fsdp else argv
+        undo = force_fsdp_on_cpu() if fsdp else None
         try:
             main(argv)
         except SystemExit as e:
-            if e.code and not (may_fail and e.code == 2):
+            if e.code and not may_fail:
                 raise
             if e.code:
                 continue
+        finally:
+            if undo:
+                undo()
+        if fsdp:  # sharded weights: the run's checkpoint holds the full ones
+            continue
         if argv[:2] != ["train", "toy"]:  # any other command: just run it
             continue
         stage = ToyStage.instances[-1]

@@ -130,6 +130,31 @@ def test_data_skipped_counts_every_worker_and_survives_a_resume(tmp_path):
     assert full["data_skipped"] == again["data_skipped"] == expected
 
 
+def test_fsdp_refuses_what_it_cannot_shard(tmp_path, monkeypatch):
+    """An FSDP launch (faked here: a CPU launch cannot be FSDP, see tests/training/mp_driver.py) refuses FSDP1 and a
+    stage not marked `fsdp` (several modules, or parameters skipped on some steps), naming DDP as the way."""
+    from accelerate.utils import DistributedType
+
+    from pocketdiff.training import loop
+
+    made = loop._make_accelerator
+
+    class AsFSDP:
+        distributed_type = DistributedType.FSDP
+
+        def __init__(self, accelerator, fsdp2):
+            self.accelerator, self.is_fsdp2 = accelerator, fsdp2
+
+        def __getattr__(self, name):
+            return getattr(self.accelerator, name)
+
+    for fsdp2, stage_fsdp, message in ((False, True, "this launch asks for FSDP1"), (True, False, "cannot be sharded")):
+        monkeypatch.setattr(loop, "_make_accelerator", lambda *a, fsdp2=fsdp2, **k: AsFSDP(made(*a, **k), fsdp2))
+        monkeypatch.setattr(ToyStage, "fsdp", stage_fsdp)
+        with pytest.raises(ConfigError, match=message):
+            train(ToyStage(cfg := toy_cfg(tmp_path)), cfg, tmp_path / f"run{fsdp2}")
+
+
 def test_checkpoint_is_atomic_and_crash_safe(tmp_path):
     cfg = toy_cfg(tmp_path, max_steps=4, checkpoint_every=2, eval_every=0)
     train(ToyStage(cfg), cfg, tmp_path / "run")

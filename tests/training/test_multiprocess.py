@@ -2,8 +2,9 @@
 (a) the weights are identical on both processes, (b) 2 processes x batch B train the weights of 1 process x batch 2B,
 (c) a process SIGKILLed mid-run + `--resume` (2 processes) continues exactly, (d) the export is written once, (e) the
 summary JSON (`--json`) records the number of processes; (f) the bad examples the data source dropped are summed over
-processes (`data_skipped`), and (g) weights that drift apart between processes stop the run. Two launches (~20 s
-each on a loaded 2-core machine)."""
+processes (`data_skipped`), (g) weights that drift apart between processes stop the run, and (h) under FSDP2 (forced
+on the CPU: `pocketdiff.testing.force_fsdp_on_cpu`) the toy trains the weights of DDP, resumes exactly after a stop,
+exports once. Two launches (~20-40 s each on a loaded 2-core machine)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,12 @@ def runs(tmp_path_factory):
     done = _launch(*_run_args(root, "split", "--resume", "--set", "options.torch_noise=0.1", *BAD), "--then",
                    *_run_args(root, "full", "--set", "options.torch_noise=0.1", *BAD), "--then",
                    *_run_args(root, "plain", *BAD), "--then",
-                   "--may-fail", *_run_args(root, "desync", "--set", "options.desync_at_step=2"))
+                   "--may-fail", *_run_args(root, "desync", "--set", "options.desync_at_step=2"), "--then",
+                   # FSDP: a SIGTERM on process 1 during step 5 (both stop after it, checkpoint, exit 130), --resume;
+                   # and the same run in one go
+                   "--may-fail", "--fsdp", *_run_args(root, "fsdp_split", "--set", "options.term_at_step=4", *BAD),
+                   "--then", "--fsdp", *_run_args(root, "fsdp_split", "--resume", *BAD),
+                   "--then", "--fsdp", *_run_args(root, "fsdp", *BAD))
     assert done.returncode == 0, done.stderr[-3000:]
     (root / "desync.stderr").write_text(done.stderr)
     return root
@@ -142,3 +148,29 @@ def test_weights_drifting_apart_between_processes_stop_the_run(runs):
     assert json.loads((runs / "desync" / "checkpoint" / "state.json").read_text())["step"] == 2
     assert not (runs / "desync.json").exists() and not (runs / "export_desync").exists()
     assert json.loads((runs / "plain.json").read_text())["processes_in_sync"] is True
+
+
+def test_fsdp_trains_the_weights_of_ddp_resumes_exactly_and_exports_once(runs):
+    """FSDP2 (each parameter sharded over the 2 processes, the EMA too) against DDP on the same stream: the same
+    weights (measured: bit-identical on this toy; tolerance 1e-6 for the order of float additions); stopped after
+    step 5 and resumed, bit-identical to the run in one go (model, EMA, optimizer state); the checkpoints hold full
+    weights (the DDP run's names and shapes), the optimizer state keyed by parameter name; the export written once."""
+    s = json.loads((runs / "fsdp.json").read_text())
+    assert s["distributed"] == "FSDP" and s["num_processes"] == 2 and "processes_in_sync" not in s
+    assert s["data_skipped"] == json.loads((runs / "plain.json").read_text())["data_skipped"]
+    for f in ("model.safetensors", "ema.safetensors"):
+        fsdp, ddp = _weights(runs / "fsdp" / "checkpoint" / f), _weights(runs / "plain" / "checkpoint" / f)
+        assert {k: v.shape for k, v in fsdp.items()} == {k: v.shape for k, v in ddp.items()}
+        assert max((fsdp[k] - ddp[k]).abs().max().item() for k in fsdp) <= 1e-6, f
+    for f in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a, b = _weights(runs / "fsdp_split" / "checkpoint" / f), _weights(runs / "fsdp" / "checkpoint" / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    assert "state.net.0.weight.exp_avg" in _weights(runs / "fsdp" / "checkpoint" / "optimizer.safetensors")
+    rows = [json.loads(r) for r in (runs / "fsdp_split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("stopped") == "interrupted"] == [5]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))
+    for name in ("fsdp_split", "fsdp"):
+        assert (runs / f"export_{name}" / "exports.log").read_text() == "0\n", name
+    exported = load_file(str(runs / "export_fsdp" / "toy" / "model.safetensors"))
+    ema = _weights(runs / "fsdp" / "checkpoint" / "ema.safetensors")
+    assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)  # the full EMA

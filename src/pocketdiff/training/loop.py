@@ -21,10 +21,12 @@ steps in one go (tests/training/test_loop.py, and under 2 processes tests/traini
 evaluation run under `torch.random.fork_rng()` with their own numpy generator, so they never shift the training stream.
 
 Several processes (`accelerate launch --num_processes P -m pocketdiff.cli train STAGE ...`): each trainable module is
-prepared by Accelerate (DDP; FSDP is refused, docs/training.md), so gradients are averaged and the weights stay identical
-on every process; the main process alone holds the run-directory lock, writes checkpoints (our format, atomic: the
-weights are the same everywhere, the per-process RNG states are gathered to it), logs, samples, evaluates and exports
-(once). A stop request (Ctrl-C / SIGTERM on any process, `max_minutes`) is agreed between the processes each step.
+prepared by Accelerate (DDP), so gradients are averaged and the weights stay identical on every process; under FSDP
+(Accelerate's FSDP2, for the stages with `Stage.fsdp`: one module, every parameter used every step) the module and the
+EMA are sharded, and checkpoints, side tasks and the export read full state dicts gathered to the main process. The
+main process alone holds the run-directory lock, writes checkpoints (our format, atomic: the weights are the same
+everywhere, the per-process RNG states are gathered to it), logs, samples, evaluates and exports (once). A stop
+request (Ctrl-C / SIGTERM on any process, `max_minutes`) is agreed between the processes each step.
 At each checkpoint the processes' weights are compared (`weight_fingerprint`; `OutOfSyncError` if they differ) and
 the bad examples the data source dropped ("skipped" in each batch) are summed over processes into `data_skipped`
 (checkpointed: a resume continues the count).
@@ -109,6 +111,9 @@ class Stage(ABC):
     # DDP: True for stages whose step leaves some trainable parameters without a gradient (dropped blocks, a
     # discriminator updated every k steps); costs a graph traversal per step
     find_unused_parameters: ClassVar[bool] = False
+    # FSDP (Accelerate's FSDP2) can shard this stage: it trains one module, called through its forward, and every
+    # parameter takes a gradient every step (each process's backward reduces the same parameter groups)
+    fsdp: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -243,7 +248,8 @@ def weight_fingerprint(module: nn.Module) -> torch.Tensor:
 
 def save_optimizer_state(sd: dict, ckpt: Path) -> None:
     """An optimizer's `state_dict()` without pickle: its tensors in optimizer.safetensors (keyed
-    `state.{param}.{name}`), everything else (param groups, non-tensor state) in optimizer.json."""
+    `state.{param}.{name}`, param an index, or under FSDP a parameter name), everything else (param groups, non-tensor
+    state) in optimizer.json."""
     tensors, plain = {}, {}
     for idx, st in sd["state"].items():
         for name, value in st.items():
@@ -262,25 +268,32 @@ def load_optimizer_state(ckpt: Path) -> dict:
     meta = read_json(ckpt / "optimizer.json", error=WeightsError)
     state: dict[int, dict] = {}
     for key, value in load_safetensors(ckpt / "optimizer.safetensors").items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
+        idx, _, name = key.removeprefix("state.").rpartition(".")
+        state.setdefault(int(idx) if idx.isdigit() else idx, {})[name] = value
     for key, value in meta["state"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+        idx, _, name = key.rpartition(".")
+        state.setdefault(int(idx) if idx.isdigit() else idx, {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer, state: dict,
-                    rng: dict[str, torch.Tensor] | None = None) -> Path:
+                    rng: dict[str, torch.Tensor] | None = None, full: dict[str, dict] | None = None) -> Path:
     """Write to ckpt.tmp/, then swap it in with renames: a crash leaves either the old or the new checkpoint.
-    `rng`: the RNG states to store (default: this process's, `rng_states()`)."""
+    `rng`: the RNG states to store (default: this process's, `rng_states()`). `full`: the full state dicts
+    {"model", "optimizer"[, "ema"]} to store instead of reading the modules (FSDP: `_full_state_dicts`)."""
     tmp, final, old = run_dir / CHECKPOINT_TMP, run_dir / CHECKPOINT, run_dir / CHECKPOINT_OLD
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_model(ema.model, str(tmp / "ema.safetensors"))
-    save_optimizer_state(optimizer.state_dict(), tmp)
+    if full is None:
+        save_model(model, str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_model(ema.model, str(tmp / "ema.safetensors"))
+        save_optimizer_state(optimizer.state_dict(), tmp)
+    else:
+        for name in ("model", "ema"):
+            if name in full:
+                save_file({k: v.contiguous() for k, v in full[name].items()}, str(tmp / f"{name}.safetensors"))
+        save_optimizer_state(full["optimizer"], tmp)
     save_file({k: v.contiguous() for k, v in (rng if rng is not None else rng_states()).items()},
               str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
@@ -296,9 +309,11 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer,
     return final
 
 
-def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer, process_index: int = 0) -> dict:
+def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer, process_index: int = 0,
+                    sharded: bool = False) -> dict:
     """Restore weights and optimizer state (safetensors + JSON, nothing unpickled) and this process's RNG; return
-    state.json. A missing, truncated or corrupt file is named."""
+    state.json. A missing, truncated or corrupt file is named. `sharded` (FSDP): every process reads the full state
+    dicts and keeps its shards (torch.distributed.checkpoint's `set_model_state_dict` / `set_optimizer_state_dict`)."""
     from pocketdiff.loading import check_safetensors, load_safetensors, read_json
 
     fix = "use a new --out or drop --resume"
@@ -308,17 +323,29 @@ def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer, pr
     names = ["model.safetensors", "rng.safetensors", "optimizer.safetensors"] + (["ema.safetensors"] if (ckpt / "ema.safetensors").is_file() else [])
     for name in names:
         check_safetensors(ckpt / name)
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        def load_into(module: nn.Module, path: Path) -> None:
+            set_model_state_dict(module, load_safetensors(path), options=StateDictOptions(full_state_dict=True))
+    else:
+        def load_into(module: nn.Module, path: Path) -> None:
+            load_model(module, str(path))
     try:
-        load_model(model, str(ckpt / "model.safetensors"))
+        load_into(model, ckpt / "model.safetensors")
         if ema is not None:
-            if (ckpt / "ema.safetensors").is_file():
-                load_model(ema.model, str(ckpt / "ema.safetensors"))
-            else:
-                ema.model.load_state_dict(model.state_dict())
+            has_ema = (ckpt / "ema.safetensors").is_file()
+            load_into(ema.model, ckpt / ("ema.safetensors" if has_ema else "model.safetensors"))
     except (RuntimeError, ValueError, KeyError) as e:
         raise WeightsError(f"{ckpt}: checkpoint does not fit this config ({e}); {fix}") from None
     try:
-        optimizer.load_state_dict(load_optimizer_state(ckpt))
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, load_optimizer_state(ckpt),
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(load_optimizer_state(ckpt))
     except WeightsError:
         raise
     except Exception as e:  # noqa: BLE001 - a state from another config raises many types
@@ -493,7 +520,23 @@ def _check_in_sync(accelerator, model: nn.Module, step: int) -> None:
 
 
 def _all_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in [*module.parameters(), *module.buffers()] if t.is_floating_point())
+    """Every floating-point weight finite (of a sharded module: this process's shards)."""
+    return all(bool(torch.isfinite(getattr(t, "to_local", lambda t=t: t)()).all())
+               for t in [*module.parameters(), *module.buffers()] if t.is_floating_point())
+
+
+def _full_state_dicts(model: nn.Module, ema: EMA | None, optimizer) -> dict[str, dict]:
+    """A sharded (FSDP) run's full state dicts, gathered to the main process, on its CPU ({} elsewhere): a collective
+    (torch.distributed.checkpoint's state-dict API, which `accelerator.get_state_dict` calls for FSDP2). The optimizer
+    state is keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = {"model": get_model_state_dict(model, options=options),
+            "optimizer": get_optimizer_state_dict(model, optimizer, options=options)}
+    if ema is not None:
+        full["ema"] = get_model_state_dict(ema.model, options=options)
+    return full
 
 
 def _diverged(run_dir: Path, step: int, what: str, lr: float) -> DivergedError:
@@ -558,9 +601,15 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         raise ConfigError(f"{launched} processes were launched but Accelerate set up {nproc} "
                           f"({accelerator.distributed_type.value}); on CPUs launch with `--multi_gpu` and "
                           "ACCELERATE_USE_CPU=true (DDP over gloo); FSDP needs GPUs")
-    if accelerator.distributed_type.value == "FSDP":
-        raise ConfigError("FSDP: the trainer's EMA and checkpoints read the full weights of every module, which FSDP "
-                          "shards; launch with DDP (pocketdiff/configs/accelerate/ddp-8gpu.yaml) instead")
+    fsdp = accelerator.distributed_type.value == "FSDP"
+    if fsdp and not accelerator.is_fsdp2:
+        raise ConfigError("FSDP: the trainer runs Accelerate's FSDP2 (`fsdp_version: 2` in the launch config, as in "
+                          "pocketdiff/configs/accelerate/fsdp-8gpu.yaml); this launch asks for FSDP1")
+    if fsdp and (not stage.fsdp or stage.find_unused_parameters):
+        raise ConfigError(f"FSDP: stage {stage.name!r} cannot be sharded (FSDP needs one trained module whose every "
+                          "parameter takes a gradient on every process each step"
+                          + ("; this stage skips parameters on some steps" if stage.find_unused_parameters else "")
+                          + "); launch it with DDP (pocketdiff/configs/accelerate/ddp-8gpu.yaml)")
     if main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -578,6 +627,9 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     trainable = any(p.requires_grad for p in model.parameters())
 
     if trainable:
+        # FSDP: what side tasks and the export read, the full weights, on the main process (sharded modules are not
+        # callable by one process alone)
+        template = copy.deepcopy(model).requires_grad_(False).eval().to(device) if fsdp and main else None
         model.to(device)
         ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         per_module = stage.optimizer_groups()
@@ -593,17 +645,24 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         # what compute_loss calls: the prepared modules (DDP / FSDP wrappers: gradients averaged over processes);
         # `model` stays the plain ModuleDict that EMA, checkpoints and export read (same parameters)
         names = [k for k, m in model.items() if any(p.requires_grad for p in m.parameters())]
+        if fsdp and len(names) != 1:
+            raise ConfigError(f"FSDP: stage {stage.name!r} trains {len(names)} modules ({', '.join(names)}); "
+                              "Accelerate's FSDP2 shards one per run: launch it with DDP")
         *prepared, optimizer = accelerator.prepare(*(model[k] for k in names), optimizer)
         wrapped = nn.ModuleDict({k: prepared[names.index(k)] if k in names else m for k, m in model.items()})
         if ema is not None:
             ema.model.to(device)
+            if fsdp:  # the EMA sharded as the model is (each parameter split on dim 0): its update stays local
+                from torch.distributed.fsdp import fully_shard
+
+                fully_shard(ema.model[names[0]], mesh=next(model[names[0]].parameters()).device_mesh)
 
         # 2. resume
         ckpt = find_checkpoint(run_dir) if resume else None
         if resume and ckpt is None:
             warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=2)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, model, ema, optimizer, accelerator.process_index)
+            state = load_checkpoint(ckpt, model, ema, optimizer, accelerator.process_index, sharded=fsdp)
             step, elapsed, samples_seen = state["step"], state["elapsed_s"], state["samples_seen"]
             data_skipped = state.get("data_skipped", 0)
             if not isinstance(samples_seen, int) or samples_seen < 0:
@@ -611,35 +670,50 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         log = _JsonLog(run_dir / "log.jsonl", step if ckpt is not None else None, main)
         batches = iter(_data_loader(stage.dataset(), stage, cfg, accelerator, samples_seen))
 
-        def checkpoint() -> None:
-            nonlocal skipped_here, data_skipped
-            if not _all_finite(model) or (ema is not None and not _all_finite(ema.model)):
-                raise _diverged(run_dir, step, "a weight is non-finite", lr_at(max(step - 1, 0), cfg))
-            rng = rng_states(accelerator)  # every process's (a collective)
-            if nproc > 1:  # collectives: every process checkpoints
-                _check_in_sync(accelerator, model, step)
-                skipped_here = int(accelerator.reduce(torch.tensor([skipped_here], device=device), "sum").item())
-            data_skipped, skipped_here = data_skipped + skipped_here, 0
-            if main:
-                state = {"step": step, "elapsed_s": elapsed, "samples_seen": samples_seen, "num_processes": nproc,
-                         "data_skipped": data_skipped, "stage": stage.name, "config": cfg.to_dict()}
-                save_checkpoint(run_dir, model, ema, optimizer, state, rng)
-
-        def side_task(fn, *args):
-            """sample/evaluate the EMA weights (fp32, as exported) without touching the training RNG streams."""
-            target = ema.model if ema is not None else model
-            target.eval()
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                out = fn(target, frozen, *args)
-            model.train()
-            return out
-
         def agreed(*flags: bool) -> list[bool]:
             """Each flag true on any process (a stop request, a non-finite loss): all processes act alike."""
             if nproc == 1:
                 return list(flags)
             return [bool(f) for f in accelerator.reduce(torch.tensor(flags, dtype=torch.float32, device=device),
                                                         "sum").tolist()]
+
+        def checkpoint() -> None:
+            nonlocal skipped_here, data_skipped
+            bad = not _all_finite(model) or (ema is not None and not _all_finite(ema.model))
+            if agreed(bad)[0] if fsdp else bad:  # FSDP: each process sees its shards only
+                raise _diverged(run_dir, step, "a weight is non-finite", lr_at(max(step - 1, 0), cfg))
+            rng = rng_states(accelerator)  # every process's (a collective)
+            if nproc > 1:  # collectives: every process checkpoints
+                if not fsdp:  # (FSDP: each process holds other shards by design)
+                    _check_in_sync(accelerator, model, step)
+                skipped_here = int(accelerator.reduce(torch.tensor([skipped_here], device=device), "sum").item())
+            data_skipped, skipped_here = data_skipped + skipped_here, 0
+            full = _full_state_dicts(model, ema, optimizer) if fsdp else None  # gathered to the main process
+            if main:
+                state = {"step": step, "elapsed_s": elapsed, "samples_seen": samples_seen, "num_processes": nproc,
+                         "data_skipped": data_skipped, "stage": stage.name, "config": cfg.to_dict()}
+                save_checkpoint(run_dir, model, ema, optimizer, state, rng, full)
+
+        def side_target() -> nn.Module | None:
+            """What sampling, evaluation and the export read: the EMA weights (else the model's); under FSDP gathered
+            into `template` on the main process (a collective: every process calls it; None on the others)."""
+            target = ema.model if ema is not None else model
+            if not fsdp:
+                return target
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if main:
+                template.load_state_dict(full)
+            return template
+
+        def side_task(fn, target, *args):
+            """sample/evaluate the EMA weights (fp32, as exported) without touching the training RNG streams."""
+            target.eval()
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                out = fn(target, frozen, *args)
+            model.train()
+            return out
 
         # 3. the loop
         model.train()
@@ -715,12 +789,13 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
                     bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", refresh=False)
                     sums, counts, n_sum, t_last = {}, {}, 0, now
                 bar.update(1)
-                if cfg.sample_every and step % cfg.sample_every == 0 and main:
-                    grid = side_task(stage.sample, np.random.default_rng(cfg.seed + 1))
+                if cfg.sample_every and step % cfg.sample_every == 0 and (target := side_target()) is not None and main:
+                    grid = side_task(stage.sample, target, np.random.default_rng(cfg.seed + 1))
                     if grid is not None:
                         write_png_atomic(run_dir / "samples" / f"step_{step:06d}.png", grid)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and main:
-                    metrics = side_task(stage.evaluate)
+                if (cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps
+                        and (target := side_target()) is not None and main):
+                    metrics = side_task(stage.evaluate, target)
                     if metrics:
                         log.write({"step": step, **metrics})
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -732,7 +807,7 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
             checkpoint()
         run = {"num_processes": nproc, "distributed": str(accelerator.distributed_type.value),
                "global_batch_size": samples_per_step, "samples_seen": samples_seen, "data_skipped": data_skipped}
-        if nproc > 1:
+        if nproc > 1 and not fsdp:
             run["processes_in_sync"] = True  # checked at every checkpoint, the last one included (else: raised)
         if stopped == "interrupted":
             summary = {"stage": stage.name, "step": step, "elapsed_s": round(elapsed, 2), "stopped": stopped,
@@ -740,8 +815,8 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
             log.write({"final": False, **summary})
             accelerator.wait_for_everyone()
             return summary
-        export_model = ema.model if ema is not None else model
-        metrics = side_task(stage.evaluate) if main else {}
+        export_model = side_target()
+        metrics = side_task(stage.evaluate, export_model) if main else {}
     else:
         log = _JsonLog(run_dir / "log.jsonl", None, main)
         export_model, metrics = model, stage.evaluate(model, frozen) if main else {}

@@ -52,6 +52,7 @@ class DistillStage(Stage):
     """SnapFusion's CFG-aware step distillation: a student UNet taking one DDIM step for the teacher's two."""
 
     name = "distill"
+    fsdp = True  # one UNet, every parameter used every step: Accelerate's FSDP2 can shard it
 
     @dataclass
     class Options:

@@ -24,6 +24,7 @@ from pocketdiff.training.monitor import SAMPLE_PROMPTS, heldout_accuracy, monito
 
 class TeacherStage(Stage):
     name = "teacher"
+    fsdp = True  # one UNet, every parameter used every step: Accelerate's FSDP2 can shard it
 
     @dataclass
     class Options:

@@ -49,6 +49,7 @@ class VPredStage(Stage):
     """Fine-tune an epsilon-prediction teacher (SD-1.5) to predict v (SnapFusion's first step)."""
 
     name = "vpred"
+    fsdp = True  # one UNet, every parameter used every step: Accelerate's FSDP2 can shard it
 
     @dataclass
     class Options:
