@@ -69,7 +69,13 @@ def runs(tmp_path_factory):
                    # and the same run in one go
                    "--may-fail", "--fsdp", *_run_args(root, "fsdp_split", "--set", "options.term_at_step=4", *BAD),
                    "--then", "--fsdp", *_run_args(root, "fsdp_split", "--resume", *BAD),
-                   "--then", "--fsdp", *_run_args(root, "fsdp", *BAD))
+                   "--then", "--fsdp", *_run_args(root, "fsdp", *BAD),
+                   # a checkpoint of either kind resumes under the other
+                   "--then", "--may-fail", "--fsdp",
+                   *_run_args(root, "fsdp_then_ddp", "--set", "options.term_at_step=4", *BAD),
+                   "--then", *_run_args(root, "fsdp_then_ddp", "--resume", *BAD),
+                   "--then", "--may-fail", *_run_args(root, "ddp_then_fsdp", "--set", "options.term_at_step=4", *BAD),
+                   "--then", "--fsdp", *_run_args(root, "ddp_then_fsdp", "--resume", *BAD))
     assert done.returncode == 0, done.stderr[-3000:]
     (root / "desync.stderr").write_text(done.stderr)
     return root
@@ -91,11 +97,14 @@ def test_two_processes_x_b_equal_one_process_x_2b(runs, tmp_path):
     from pocketdiff.training.loop import train
     from pocketdiff.training.run import load_config
 
+    from pocketdiff.training.stages import STAGES
+
     sys.path.insert(0, str(DRIVER.parent))
     try:
         from mp_driver import ToyStage
     finally:
         sys.path.remove(str(DRIVER.parent))
+        STAGES.pop("toy", None)  # the driver registers its stage on import; the CLI has no `train toy`
     cfg = load_config(runs / "toy.yaml", overrides={"batch_size": 2 * B, "export_dir": str(tmp_path / "export"),
                                                     "options": {"bad_every": 4}}, options_cls=ToyStage.Options)
     summary = train(ToyStage(cfg), cfg, tmp_path / "one")
@@ -174,3 +183,17 @@ def test_fsdp_trains_the_weights_of_ddp_resumes_exactly_and_exports_once(runs):
     exported = load_file(str(runs / "export_fsdp" / "toy" / "model.safetensors"))
     ema = _weights(runs / "fsdp" / "checkpoint" / "ema.safetensors")
     assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)  # the full EMA
+
+
+def test_a_checkpoint_resumes_under_the_other_kind_of_launch(runs):
+    """Stopped after step 5 under FSDP and resumed under DDP, or the other way round: the weights and the optimizer
+    state of the uninterrupted DDP run (the optimizer state converted between FSDP's keys, parameter names, and
+    DDP's, parameter indices: `loop.optimizer_state_keyed`)."""
+    plain = {f: _weights(runs / "plain" / "checkpoint" / f) for f in ("model.safetensors", "ema.safetensors")}
+    for name, kind in (("fsdp_then_ddp", "MULTI_CPU"), ("ddp_then_fsdp", "FSDP")):
+        assert json.loads((runs / f"{name}.json").read_text())["distributed"] == kind
+        rows = [json.loads(r) for r in (runs / name / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if r.get("stopped") == "interrupted"] == [5], name
+        for f, ref in plain.items():
+            got = _weights(runs / name / "checkpoint" / f)
+            assert max((got[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6, (name, f)

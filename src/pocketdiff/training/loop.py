@@ -276,6 +276,22 @@ def load_optimizer_state(ckpt: Path) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def optimizer_state_keyed(sd: dict, model: nn.Module, optimizer, by_name: bool) -> dict:
+    """An optimizer state dict keyed by parameter index (`optimizer.state_dict()`: one process, DDP) or by parameter
+    name (FSDP's full state dict), converted to the other when needed, so that a run checkpointed under FSDP resumes
+    under DDP and the other way round. Index i is the i-th parameter of the optimizer's groups, in order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names.get(id(p), i) for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])]
+    if by_name:
+        convert = {i: n for i, n in enumerate(order)}
+    else:
+        convert = {n: i for i, n in enumerate(order)}
+    if all((k in convert) for k in sd["state"]) and all(k in convert for g in sd["param_groups"] for k in g["params"]):
+        return {"state": {convert[k]: v for k, v in sd["state"].items()},
+                "param_groups": [{**g, "params": [convert[k] for k in g["params"]]} for g in sd["param_groups"]]}
+    return sd  # already keyed as asked (or not this model's: the load names the mismatch)
+
+
 def save_checkpoint(run_dir: Path, model: nn.Module, ema: EMA | None, optimizer, state: dict,
                     rng: dict[str, torch.Tensor] | None = None, full: dict[str, dict] | None = None) -> Path:
     """Write to ckpt.tmp/, then swap it in with renames: a crash leaves either the old or the new checkpoint.
@@ -339,13 +355,13 @@ def load_checkpoint(ckpt: Path, model: nn.Module, ema: EMA | None, optimizer, pr
     except (RuntimeError, ValueError, KeyError) as e:
         raise WeightsError(f"{ckpt}: checkpoint does not fit this config ({e}); {fix}") from None
     try:
+        saved = optimizer_state_keyed(load_optimizer_state(ckpt), model, optimizer, by_name=sharded)
         if sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(model, optimizer, load_optimizer_state(ckpt),
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
         else:
-            optimizer.load_state_dict(load_optimizer_state(ckpt))
+            optimizer.load_state_dict(saved)
     except WeightsError:
         raise
     except Exception as e:  # noqa: BLE001 - a state from another config raises many types
@@ -850,5 +866,6 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
     return out
 
 
-__all__ = ["EMA", "DivergedError", "OutOfSyncError", "RunDirBusyError", "Stage", "call_method", "default_export_dir", "find_checkpoint",
-           "load_checkpoint", "lr_at", "make_grid", "rng_states", "save_checkpoint", "train", "weight_fingerprint"]
+__all__ = ["DivergedError", "EMA", "OutOfSyncError", "RunDirBusyError", "Stage", "call_method", "default_export_dir",
+           "find_checkpoint", "load_checkpoint", "lr_at", "make_grid", "optimizer_state_keyed", "rng_states",
+           "save_checkpoint", "train", "weight_fingerprint"]
