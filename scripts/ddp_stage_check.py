@@ -4,9 +4,10 @@ trained weights of every process (they must be identical).
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 scripts/ddp_stage_check.py \
         --root /tmp/ddp-check --json /tmp/ddp-check.json
 
-Builds a quick model directory (tokenizer, clip, vae, teacher) in ROOT/model, then trains student, distill, ufogen
-and decoder from it. Each process writes its trained modules to ROOT/runs/STAGE/weights_rankK.safetensors; the main
-process writes, per stage, the `--json` summary's num_processes and the largest weight difference between processes.
+Builds a quick model directory (tokenizer, clip, vae, teacher) in ROOT/model, then trains student (with robust training,
+and `student_kd` without), distill, ufogen and decoder from it. Each process writes its trained modules to
+ROOT/runs/STAGE/weights_rankK.safetensors; the main process writes, per stage, the `--json` summary's num_processes and
+the largest weight difference between processes.
 
 `--fsdp`: each stage is trained a second time under FSDP2 (`pocketdiff.testing.force_fsdp_on_cpu`: the shipped
 fsdp-8gpu.yaml's settings, Accelerate's state switched to FSDP on the CPU) into ROOT/runs/STAGE_fsdp; the report adds
@@ -39,9 +40,10 @@ def commands(root: Path) -> dict[str, list[str]]:
     m, r = root / "model", root / "runs"
     quick = ["--preset", "quick"]
 
-    def run(stage: str, export: Path, *extra: str) -> list[str]:
-        return ["train", stage, *quick, "--out", str(r / stage), "--export", str(export),
-                "--json", str(r / f"{stage}.json"), *extra]
+    def run(stage: str, export: Path, *extra: str, name: str | None = None) -> list[str]:
+        name = name or stage
+        return ["train", stage, *quick, "--out", str(r / name), "--export", str(export),
+                "--json", str(r / f"{name}.json"), *extra]
 
     return {
         "tokenizer": run("tokenizer", m / "tokenizer"),
@@ -49,6 +51,9 @@ def commands(root: Path) -> dict[str, list[str]]:
         "vae": run("vae", m / "vae"),
         "teacher": run("teacher", m / "unet", "--set", f"options.model_dir={m}"),
         "student": run("student", r / "export_student", "--teacher", str(m)),
+        # knowledge distillation without robust training: the student as FSDP can shard it
+        "student_kd": run("student", r / "export_student_kd", "--teacher", str(m), "--set", "options.p_drop_tf=0",
+                          "--set", "options.p_drop_res=0", name="student_kd"),
         "distill": run("distill", r / "export_distill", "--teacher", str(m)),
         "ufogen": run("ufogen", r / "export_ufogen", "--set", f"options.model_dir={m}",
                       "--set", f"options.init_unet={m / 'unet'}"),

@@ -36,6 +36,7 @@ RANK = int(os.environ.get("RANK", "0"))
 
 class ToyStage(Stage):
     name = "toy"
+    fsdp = True  # one module, every parameter used every step
     instances: list = []
 
     @dataclass
@@ -79,7 +80,6 @@ class ToyStage(Stage):
 
 
 STAGES["toy"] = ToyStage
-ToyStage.fsdp = True  # one module, every parameter used every step
 
 if __name__ == "__main__":
     from pocketdiff.cli import main

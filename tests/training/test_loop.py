@@ -148,7 +148,8 @@ def test_fsdp_refuses_what_it_cannot_shard(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.accelerator, name)
 
-    for fsdp2, stage_fsdp, message in ((False, True, "this launch asks for FSDP1"), (True, False, "cannot be sharded")):
+    for fsdp2, stage_fsdp, message in ((False, True, "this launch asks for FSDP1"),
+                                       (True, False, "cannot be sharded .FSDP needs one trained module")):
         monkeypatch.setattr(loop, "_make_accelerator", lambda *a, fsdp2=fsdp2, **k: AsFSDP(made(*a, **k), fsdp2))
         monkeypatch.setattr(ToyStage, "fsdp", stage_fsdp)
         with pytest.raises(ConfigError, match=message):

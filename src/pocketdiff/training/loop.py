@@ -162,6 +162,12 @@ class Stage(ABC):
     def evaluate(self, models: nn.ModuleDict, frozen: dict[str, nn.Module]) -> dict[str, float]:
         return {}
 
+    def fsdp_refusal(self) -> str | None:
+        """Why FSDP cannot shard this run (None: it can); by default the class's `fsdp` flag decides."""
+        if self.fsdp:
+            return None
+        return "FSDP needs one trained module whose every parameter takes a gradient on every process each step"
+
     @abstractmethod
     def export(self, models: nn.ModuleDict, frozen: dict[str, nn.Module], export_dir: Path) -> None:
         """Write the deployable component into export_dir."""
@@ -621,11 +627,9 @@ def _train(stage: Stage, cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
     if fsdp and not accelerator.is_fsdp2:
         raise ConfigError("FSDP: the trainer runs Accelerate's FSDP2 (`fsdp_version: 2` in the launch config, as in "
                           "pocketdiff/configs/accelerate/fsdp-8gpu.yaml); this launch asks for FSDP1")
-    if fsdp and (not stage.fsdp or stage.find_unused_parameters):
-        raise ConfigError(f"FSDP: stage {stage.name!r} cannot be sharded (FSDP needs one trained module whose every "
-                          "parameter takes a gradient on every process each step"
-                          + ("; this stage skips parameters on some steps" if stage.find_unused_parameters else "")
-                          + "); launch it with DDP (pocketdiff/configs/accelerate/ddp-8gpu.yaml)")
+    if fsdp and (reason := stage.fsdp_refusal()):
+        raise ConfigError(f"FSDP: stage {stage.name!r} cannot be sharded ({reason}); launch it with DDP "
+                          "(pocketdiff/configs/accelerate/ddp-8gpu.yaml)")
     if main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -84,6 +84,13 @@ class StudentStage(Stage):
             if self.attention not in (None, "relu", "softmax"):
                 raise ConfigError(f"attention: {self.attention!r} must be relu, softmax or null (keep the student's)")
 
+    def fsdp_refusal(self):
+        # FSDP reduces every parameter group on every process alike; robust training drops other blocks on each
+        if self.opts.p_drop_tf or self.opts.p_drop_res:
+            return ("robust training drops different blocks on different processes; knowledge distillation alone, "
+                    "options.p_drop_tf=0 and options.p_drop_res=0, can be sharded")
+        return None
+
     # ------------------------------------------------------------------ setup
     def build_frozen(self):
         if getattr(self, "_frozen", None) is not None:
