@@ -114,6 +114,7 @@ def test_every_command_on_the_page_runs(workdir, capsys):
             # tests/training/test_multiprocess.py)
             assert summary["num_processes"] == 2 and summary["distributed"] == "MULTI_CPU", summary
             assert summary["processes_in_sync"] is True and summary["samples_seen"] == 2 * 2 * 2  # steps x B x P
+            assert done.stdout.count("num_processes: 2") == 1, done.stdout  # the summary, printed once
             continue
         with pytest.raises(SystemExit) as e:  # typer exits 0 on success
             main(as_argv(line))

@@ -42,11 +42,14 @@ app = typer.Typer(help="Train one pipeline component (checkpoints and the export
 
 
 def echo_summary(summary: dict) -> None:
-    """Print a training summary; an interrupted run exits 130 with the way to continue."""
-    for key, value in summary.items():
+    """Print a training summary (under `accelerate launch`, by the main process alone); an interrupted run exits 130
+    with the way to continue."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    for key, value in summary.items() if main else ():
         typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     if summary["stopped"] == "interrupted":
-        typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
+        if main:
+            typer.echo(f"interrupted at step {summary['step']} (checkpointed); continue with --resume", err=True)
         raise typer.Exit(130)
 
 
