@@ -145,13 +145,11 @@ def _runtime(fmt: str):
     return prepare_fn
 
 
-def _installed(fmt: str) -> Callable[[], bool]:
+def _available(fmt: str) -> Callable[[], bool]:
     def check() -> bool:
-        import importlib.util
+        from ..export.common import runtime_installed
 
-        from ..export.common import RUNTIME_MODULES
-
-        return all(importlib.util.find_spec(m) is not None for m, _ in RUNTIME_MODULES[fmt])
+        return runtime_installed(fmt)
     return check
 
 
@@ -161,7 +159,7 @@ register_backend("eager", _eager, note="torch eager")
 register_backend("eager-cl", _eager_cl, note="torch eager, channels_last")
 register_backend("compile", _compile, note="torch.compile (inductor); compile time excluded, recorded")
 for _fmt, _name in _NAMES.items():
-    register_backend(_name, _runtime(_fmt), _installed(_fmt),
+    register_backend(_name, _runtime(_fmt), _available(_fmt),
                      note=f"{_name}, fp32 export (pip install 'pocketdiff[export]'); export time excluded, recorded")
 
 

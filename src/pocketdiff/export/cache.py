@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .common import LAYOUT_VERSION, is_export_dir
+from .common import LAYOUT_VERSION, is_export_dir, runtime_installed
 
 BACKENDS = {"auto": None, "torch": None, "onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
 
@@ -59,17 +59,6 @@ AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")
 AUTO_RUNS = {"torch": (None, None), "onnxruntime": ("onnx", "onnx"), "openvino": ("onnx", "openvino")}
 
 
-def _installed(fmt: str) -> bool:
-    from .common import RUNTIME_MODULES
-
-    try:
-        for module, _ in RUNTIME_MODULES[fmt]:
-            __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
 def choose(medians: dict[str, float]) -> str:
     """The fastest candidate; a tie goes to the earlier one in AUTO_CANDIDATES (eager first: nothing to load)."""
     order = [b for b in AUTO_CANDIDATES if b in medians]
@@ -99,9 +88,9 @@ def auto_backend(model: Path, unet: Path | None, vae: Path | None, dtype: str, t
 
     from ..io import write_json_atomic
 
-    if not _installed("onnx"):
+    if not runtime_installed("onnx"):
         return "torch", {"why": "onnxruntime is not installed (pip install 'pocketdiff[export]')"}
-    runtimes = [b for b in AUTO_CANDIDATES[1:] if _installed(AUTO_RUNS[b][1])]
+    runtimes = [b for b in AUTO_CANDIDATES[1:] if runtime_installed(AUTO_RUNS[b][1])]
     threads = threads or torch.get_num_threads()
     name = f"{Path(model).resolve().name}-onnx-{_key(Path(model), unet, vae, 'onnx')}"
     key = f"{name}|{dtype}|threads={threads}|{_cpu_name()}|{','.join(['torch', *runtimes])}"

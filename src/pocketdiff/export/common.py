@@ -57,6 +57,15 @@ def require_runtime(fmt: str) -> None:
                               "install the export extra: pip install 'pocketdiff[export]'") from None
 
 
+def runtime_installed(fmt: str) -> bool:
+    """Whether every module `fmt` needs at run time imports (`require_runtime` without the error)."""
+    try:
+        require_runtime(fmt)
+    except ExportError:
+        return False
+    return True
+
+
 def runtime_versions(fmt: str) -> dict:
     out = {"torch": importlib.metadata.version("torch")}
     for _, dist in RUNTIME_MODULES[fmt]:
