@@ -220,7 +220,7 @@ def init_from_teacher(teacher: FlexUNet, spec: ArchSpec, partial: bool = True) -
 
     Alignment, per (path, level): student blocks are matched in order to the teacher's blocks of the same kind and
     shape (a subsequence match, so removing blocks keeps the survivors' weights). A student block beyond the teacher's
-    (an added copy, as SnapFusion's Up-2 with 6 transformers) copies the last matched teacher block of its kind;
+    (an added copy, as SnapFusion's Up-2 with 6 transformers) copies the last matched teacher block of its kind.
     A block that fits no teacher block (another width, MobileDiffusion's shared K/V or Swish-GLU FFN, separable
     convs) is initialised from the teacher block of its kind in the same position (k-th of its kind in the level, or
     the level's last) by `_partial_copy` (sliced tensors); with no teacher block of its kind in the level it keeps its
